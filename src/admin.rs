@@ -1,0 +1,149 @@
+//! The admin listener (SPEC §2, §7): `/healthz`, `/readyz`, `/metrics` and
+//! `POST /api/v1/publish`. It runs on its own small thread pool, far from the shards:
+//! it reads their relaxed counters and publishes through the bus like a backend.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use tiny_http::{Header, Method, Request, Response, Server};
+use tracing::info;
+
+use crate::channels::name::valid_channel;
+use crate::node::Shared;
+
+const MAX_BODY: u64 = 1024 * 1024;
+
+/// Bind the admin listener and serve it on two threads. Returns the bound address.
+pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, String> {
+    let server =
+        Server::http(addr).map_err(|e| format!("cannot bind --admin-listen {addr}: {e}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or("admin listener has no IP address")?;
+    info!("admin listening on {bound}");
+    let server = Arc::new(server);
+    for i in 0..2 {
+        let server = server.clone();
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("xcord-admin-{i}"))
+            .spawn(move || {
+                for req in server.incoming_requests() {
+                    handle(&shared, req);
+                }
+            })
+            .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+    }
+    Ok(bound)
+}
+
+fn text(status: u16, body: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(body.into()).with_status_code(status)
+}
+
+fn json(status: u16, body: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut r = Response::from_string(body.to_owned()).with_status_code(status);
+    if let Ok(h) = Header::from_bytes("Content-Type", "application/json") {
+        r.add_header(h);
+    }
+    r
+}
+
+/// Whether the node accepts clients now (SPEC §7).
+pub fn ready(shared: &Shared) -> Result<(), &'static str> {
+    if shared.draining.load(Relaxed) {
+        return Err("draining");
+    }
+    if shared.connections.load(Relaxed) >= shared.cfg.max_connections {
+        return Err("at --max-connections");
+    }
+    if !shared.bus.up() {
+        return Err("redis link down");
+    }
+    Ok(())
+}
+
+fn handle(shared: &Shared, mut req: Request) {
+    let path = req.url().split('?').next().unwrap_or("").to_owned();
+    let resp = match (req.method(), path.as_str()) {
+        (Method::Get, "/healthz") => text(200, "ok\n"),
+        (Method::Get, "/readyz") => match ready(shared) {
+            Ok(()) => text(200, "ready\n"),
+            Err(why) => text(503, format!("not ready: {why}\n")),
+        },
+        (Method::Get, "/metrics") => {
+            let mut r = text(200, shared.metrics.render());
+            if let Ok(h) = Header::from_bytes("Content-Type", "text/plain; version=0.0.4") {
+                r.add_header(h);
+            }
+            r
+        }
+        (Method::Post, "/api/v1/publish") => publish(shared, &mut req),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/api/v1/publish") => {
+            text(405, "method not allowed\n")
+        }
+        _ => text(404, "not found\n"),
+    };
+    let _ = req.respond(resp);
+}
+
+fn publish(shared: &Shared, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+    let Some(expected) = shared.cfg.args.admin_token.as_deref() else {
+        return json(
+            403,
+            r#"{"error":"publishing is disabled: start with --admin-token"}"#,
+        );
+    };
+    let bearer = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str().trim().to_owned());
+    let ok = bearer
+        .as_deref()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), expected.as_bytes()));
+    if !ok {
+        return json(401, r#"{"error":"missing or wrong bearer token"}"#);
+    }
+    let mut body = Vec::new();
+    if req
+        .as_reader()
+        .take(MAX_BODY + 1)
+        .read_to_end(&mut body)
+        .is_err()
+        || body.len() as u64 > MAX_BODY
+    {
+        return json(413, r#"{"error":"body too large or unreadable"}"#);
+    }
+    let v: sonic_rs::Value = match sonic_rs::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return json(400, r#"{"error":"body is not JSON"}"#),
+    };
+    use sonic_rs::JsonValueTrait;
+    let channel = v.get("channel").and_then(|c| c.as_str()).unwrap_or("");
+    let event = v.get("event").and_then(|c| c.as_str()).unwrap_or("");
+    if !valid_channel(channel) {
+        return json(400, r#"{"error":"channel must be a valid channel name"}"#);
+    }
+    if event.is_empty() {
+        return json(400, r#"{"error":"event must be a non-empty string"}"#);
+    }
+    let payload = v
+        .get("payload")
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "null".to_owned());
+    match shared.bus.publish_wait(channel, event, &payload) {
+        Ok(()) => json(202, r#"{"ok":true}"#),
+        Err(e) => json(503, &sonic_rs::json!({"error": e}).to_string()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,199 @@
+//! One bus event: parsed once, stamped with the node's `seq`, and encoded once into
+//! the exact WebSocket frame every subscriber on this node receives (SPEC §3, §5).
+//!
+//! Input (what a backend PUBLISHes on `events:{channel}`): `{"type": NAME,
+//! "payload": ANY}`. Output frame text:
+//! `{"type":"EVENT","seq":N,"payload":{"event":NAME,"channel":CHANNEL,"payload":ANY}}`.
+//! The payload is copied as the raw JSON slice the backend sent — never re-serialised.
+
+use serde::Deserialize;
+use sonic_rs::{JsonValueTrait, LazyValue};
+use std::borrow::Cow;
+use std::time::Instant;
+
+use crate::protocol::frame;
+
+/// An event ready for fan-out. Shared (behind an `Arc`) by every shard that wants it.
+#[derive(Debug)]
+pub struct Event {
+    pub seq: u64,
+    pub channel: Box<str>,
+    /// The complete WebSocket text frame (header + JSON), identical for every subscriber.
+    pub frame: Box<[u8]>,
+    /// When the bus received it: the start of `xcord_delivery_latency_seconds`.
+    pub received: Instant,
+}
+
+/// Why an event was dropped before fan-out (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    BadJson,
+    NoType,
+    BadChannel,
+}
+
+impl DropReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::BadJson => "bad_json",
+            DropReason::NoType => "no_type",
+            DropReason::BadChannel => "bad_channel",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<LazyValue<'a>>,
+    #[serde(borrow, default)]
+    payload: Option<LazyValue<'a>>,
+}
+
+/// Parse a bus message body and build its frame. `channel` is the part after `events:`.
+pub fn build(
+    channel: &[u8],
+    body: &[u8],
+    seq: u64,
+    received: Instant,
+) -> Result<Event, DropReason> {
+    let channel = std::str::from_utf8(channel).map_err(|_| DropReason::BadChannel)?;
+    if channel.is_empty() || channel.len() > 1024 {
+        return Err(DropReason::BadChannel);
+    }
+    // Only an object is an event (serde would read an array positionally).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(DropReason::BadJson);
+    }
+    let inc: Incoming<'_> = sonic_rs::from_slice(body).map_err(|_| DropReason::BadJson)?;
+    let ty = inc.ty.ok_or(DropReason::NoType)?;
+    if !ty.is_str() {
+        return Err(DropReason::NoType);
+    }
+    let payload: Cow<'_, str> = match &inc.payload {
+        Some(p) => Cow::Borrowed(p.as_raw_str()),
+        None => Cow::Borrowed("null"),
+    };
+    let event_name = ty.as_raw_str(); // already a JSON string literal, quotes and escapes included
+    Ok(encode(seq, event_name, channel, &payload, received))
+}
+
+/// Encode an event whose name is given as a JSON string literal and payload as raw JSON.
+fn encode(
+    seq: u64,
+    event_name_json: &str,
+    channel: &str,
+    payload_json: &str,
+    received: Instant,
+) -> Event {
+    let mut text =
+        Vec::with_capacity(64 + event_name_json.len() + channel.len() + payload_json.len());
+    text.extend_from_slice(br#"{"type":"EVENT","seq":"#);
+    text.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    text.extend_from_slice(br#","payload":{"event":"#);
+    text.extend_from_slice(event_name_json.as_bytes());
+    text.extend_from_slice(br#","channel":"#);
+    // A channel name is a plain string; serialising a &str cannot fail.
+    let _ = sonic_rs::to_writer(&mut text, channel);
+    text.extend_from_slice(br#","payload":"#);
+    text.extend_from_slice(payload_json.as_bytes());
+    text.extend_from_slice(b"}}");
+    Event {
+        seq,
+        channel: channel.into(),
+        frame: frame::text_frame(&text).into_boxed_slice(),
+        received,
+    }
+}
+
+/// The body a backend publishes for `{"type": event, "payload": payload_json}`.
+pub fn publish_body(event: &str, payload_json: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32 + event.len() + payload_json.len());
+    v.extend_from_slice(br#"{"type":"#);
+    let _ = sonic_rs::to_writer(&mut v, event);
+    v.extend_from_slice(br#","payload":"#);
+    v.extend_from_slice(payload_json.as_bytes());
+    v.push(b'}');
+    v
+}
+
+/// The JSON text of a frame built by [`build`] (tests and tools).
+pub fn frame_text(frame: &[u8]) -> &[u8] {
+    let len7 = frame.get(1).map(|b| b & 0x7f).unwrap_or(0);
+    let start = match len7 {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    frame.get(start..).unwrap_or(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(e: &Event) -> String {
+        String::from_utf8(frame_text(&e.frame).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn splices_raw_payload() {
+        let e = build(
+            b"dm:c1",
+            br#"{"type":"dm.message.new","payload":{"message":{"id":"m1","n":1.50}}}"#,
+            7,
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            text(&e),
+            r#"{"type":"EVENT","seq":7,"payload":{"event":"dm.message.new","channel":"dm:c1","payload":{"message":{"id":"m1","n":1.50}}}}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&text(&e)).unwrap();
+        assert_eq!(v["payload"]["payload"]["message"]["id"], "m1");
+    }
+
+    #[test]
+    fn escapes_and_missing_payload() {
+        let e = build(b"live:x", br#"{"type":"a\"b"}"#, 1, Instant::now()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text(&e)).unwrap();
+        assert_eq!(v["payload"]["event"], "a\"b");
+        assert!(v["payload"]["payload"].is_null());
+    }
+
+    #[test]
+    fn drops_bad_input() {
+        let now = Instant::now();
+        assert_eq!(
+            build(b"x", b"{not json", 1, now).unwrap_err(),
+            DropReason::BadJson
+        );
+        assert_eq!(
+            build(b"x", br#"{"type":"t","payload":{"a":}}"#, 1, now).unwrap_err(),
+            DropReason::BadJson
+        );
+        assert_eq!(
+            build(b"x", br#"{"payload":{}}"#, 1, now).unwrap_err(),
+            DropReason::NoType
+        );
+        assert_eq!(
+            build(b"x", br#"{"type":5}"#, 1, now).unwrap_err(),
+            DropReason::NoType
+        );
+        assert_eq!(
+            build(b"x", br#"[1]"#, 1, now).unwrap_err(),
+            DropReason::BadJson
+        );
+        assert_eq!(
+            build(&[0xff], br#"{"type":"t"}"#, 1, now).unwrap_err(),
+            DropReason::BadChannel
+        );
+    }
+
+    #[test]
+    fn publish_body_round_trips() {
+        let b = publish_body("x.y", r#"{"k":1}"#);
+        let e = build(b"live:s", &b, 3, Instant::now()).unwrap();
+        assert!(text(&e).contains(r#""event":"x.y","channel":"live:s","payload":{"k":1}"#));
+    }
+}

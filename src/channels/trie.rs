@@ -1,0 +1,251 @@
+//! The channel-prefix trie: one node per name segment, each holding the subscribers
+//! whose subscription ends there.
+//!
+//! A published channel `a:b:c` is delivered to the subscribers of the nodes `a`,
+//! `a:b` and `a:b:c` — prefixes on segment boundaries only, so `server:srv_1`
+//! never covers `server:srv_10` (the design document's `HasPrefix` bug, fixed by
+//! SPEC §4).
+//!
+//! The same structure serves two owners: a shard maps names to connection keys,
+//! and the bus router maps names to shard ids. Neither is shared across threads.
+//!
+//! Invariants: a value is in a node's set at most once; a node with no subscribers
+//! and no children is removed, so memory follows the live subscriptions.
+//! A subscriber holding two covering subscriptions is visited twice by
+//! `for_each_covering`; callers dedupe (shards with a per-connection last-seq stamp,
+//! the router with a shard bitmask) so that no allocation happens per lookup.
+
+use indexmap::IndexSet;
+use std::collections::HashMap;
+use std::hash::Hash;
+
+#[derive(Debug)]
+struct Node<V> {
+    children: HashMap<Box<str>, Node<V>>,
+    subs: IndexSet<V>,
+}
+
+impl<V> Default for Node<V> {
+    fn default() -> Self {
+        Node {
+            children: HashMap::new(),
+            subs: IndexSet::new(),
+        }
+    }
+}
+
+/// A channel-prefix trie from subscription names to subscriber values.
+#[derive(Debug)]
+pub struct Trie<V> {
+    root: Node<V>,
+    entries: usize,
+}
+
+impl<V> Default for Trie<V> {
+    fn default() -> Self {
+        Trie {
+            root: Node::default(),
+            entries: 0,
+        }
+    }
+}
+
+impl<V: Copy + Eq + Hash> Trie<V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of (name, value) pairs.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Add `value` under `name`. Returns `(inserted, first)`: whether the pair is
+    /// new, and whether `name` had no subscriber before (the router is told then).
+    pub fn insert(&mut self, name: &str, value: V) -> (bool, bool) {
+        let mut node = &mut self.root;
+        for seg in name.split(':') {
+            node = node.children.entry(Box::from(seg)).or_default();
+        }
+        let first = node.subs.is_empty();
+        let inserted = node.subs.insert(value);
+        if inserted {
+            self.entries += 1;
+        }
+        (inserted, first && inserted)
+    }
+
+    /// Remove `value` from `name`. Returns `(removed, last)`: whether the pair
+    /// existed, and whether `name` now has no subscriber.
+    pub fn remove(&mut self, name: &str, value: V) -> (bool, bool) {
+        let segs: Vec<&str> = name.split(':').collect();
+        let r = Self::remove_at(&mut self.root, &segs, value);
+        if r.0 {
+            self.entries -= 1;
+        }
+        r
+    }
+
+    fn remove_at(node: &mut Node<V>, segs: &[&str], value: V) -> (bool, bool) {
+        match segs.split_first() {
+            None => {
+                let removed = node.subs.swap_remove(&value);
+                (removed, node.subs.is_empty())
+            }
+            Some((seg, rest)) => {
+                let Some(child) = node.children.get_mut(*seg) else {
+                    return (false, false);
+                };
+                let r = Self::remove_at(child, rest, value);
+                if child.subs.is_empty() && child.children.is_empty() {
+                    node.children.remove(*seg);
+                }
+                r
+            }
+        }
+    }
+
+    /// Whether `value` is subscribed exactly at `name`.
+    pub fn contains(&self, name: &str, value: V) -> bool {
+        self.node(name).is_some_and(|n| n.subs.contains(&value))
+    }
+
+    fn node(&self, name: &str) -> Option<&Node<V>> {
+        let mut node = &self.root;
+        for seg in name.split(':') {
+            node = node.children.get(seg)?;
+        }
+        Some(node)
+    }
+
+    /// FAST PATH. Call `f` for every subscriber of every segment-boundary prefix of
+    /// `channel`, shortest prefix first. No allocation.
+    #[inline]
+    pub fn for_each_covering(&self, channel: &str, mut f: impl FnMut(V)) {
+        let mut node = &self.root;
+        for seg in channel.split(':') {
+            match node.children.get(seg) {
+                Some(n) => node = n,
+                None => return,
+            }
+            for v in node.subs.iter() {
+                f(*v);
+            }
+        }
+    }
+
+    /// Whether any subscriber covers `channel`.
+    pub fn covers(&self, channel: &str) -> bool {
+        let mut node = &self.root;
+        for seg in channel.split(':') {
+            match node.children.get(seg) {
+                Some(n) => node = n,
+                None => return false,
+            }
+            if !node.subs.is_empty() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeSet, HashSet};
+
+    fn covering(t: &Trie<u32>, ch: &str) -> Vec<u32> {
+        let mut v = Vec::new();
+        t.for_each_covering(ch, |x| v.push(x));
+        v
+    }
+
+    #[test]
+    fn segment_boundaries() {
+        let mut t = Trie::new();
+        t.insert("server:srv_1", 1u32);
+        assert_eq!(covering(&t, "server:srv_1"), vec![1]);
+        assert_eq!(covering(&t, "server:srv_1:channel:c9"), vec![1]);
+        assert!(covering(&t, "server:srv_10").is_empty());
+        assert!(covering(&t, "server").is_empty());
+        assert!(t.covers("server:srv_1:x"));
+        assert!(!t.covers("server:srv_10:x"));
+    }
+
+    #[test]
+    fn first_and_last_flags_and_pruning() {
+        let mut t = Trie::new();
+        assert_eq!(t.insert("a:b", 1u32), (true, true));
+        assert_eq!(t.insert("a:b", 2), (true, false));
+        assert_eq!(t.insert("a:b", 2), (false, false));
+        assert_eq!(t.remove("a:b", 1), (true, false));
+        assert_eq!(t.remove("a:b", 1), (false, false));
+        assert_eq!(t.remove("a:b", 2), (true, true));
+        assert!(t.root.children.is_empty(), "empty nodes are pruned");
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn overlapping_subscriptions_visit_each_level() {
+        let mut t = Trie::new();
+        t.insert("server:s", 7u32);
+        t.insert("server:s:channel:c", 7);
+        assert_eq!(covering(&t, "server:s:channel:c"), vec![7, 7]);
+        let unique: HashSet<u32> = covering(&t, "server:s:channel:c").into_iter().collect();
+        assert_eq!(unique.len(), 1);
+    }
+
+    /// The model: a set of (name, value) pairs; cover = any name that equals the
+    /// channel or is a prefix of it ending at a ':'.
+    fn model_cover(model: &BTreeSet<(String, u32)>, ch: &str) -> BTreeSet<u32> {
+        model
+            .iter()
+            .filter(|(n, _)| {
+                ch == n || (ch.starts_with(n.as_str()) && ch.as_bytes()[n.len()] == b':')
+            })
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec!["a", "b", "a1", "ab", "b:c"]),
+            1..4,
+        )
+        .prop_map(|segs| segs.join(":"))
+    }
+
+    proptest! {
+        #[test]
+        fn matches_model(ops in prop::collection::vec((any::<bool>(), name(), 0u32..5), 1..60), probes in prop::collection::vec(name(), 1..10)) {
+            let mut t = Trie::new();
+            let mut model = BTreeSet::new();
+            for (add, n, v) in ops {
+                if add {
+                    let (ins, _) = t.insert(&n, v);
+                    prop_assert_eq!(ins, model.insert((n, v)));
+                } else {
+                    let (rem, _) = t.remove(&n, v);
+                    prop_assert_eq!(rem, model.remove(&(n, v)));
+                }
+                prop_assert_eq!(t.len(), model.len());
+            }
+            for p in probes {
+                let got: BTreeSet<u32> = covering(&t, &p).into_iter().collect();
+                prop_assert_eq!(&got, &model_cover(&model, &p));
+                prop_assert_eq!(t.covers(&p), !got.is_empty());
+            }
+            // Removing everything prunes the whole tree.
+            for (n, v) in model.clone() {
+                t.remove(&n, v);
+            }
+            prop_assert!(t.root.children.is_empty());
+        }
+    }
+}

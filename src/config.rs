@@ -1,0 +1,417 @@
+//! Configuration: every flag of SPEC §2 with its environment twin (`--shards` ⇔
+//! `XCORD_SHARDS`). Values are checked once, at start; a bad value stops the
+//! process with one clear line and a non-zero exit (clap's error path), so the rest
+//! of the code can trust a `Config`.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xcord-gateway",
+    version,
+    about = "XCORD Gateway: real-time WebSocket fan-out"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print a signed HS256 development token.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+    /// Comma-separated server ids (`servers` claim).
+    #[arg(long, value_delimiter = ',')]
+    pub servers: Vec<String>,
+    /// Comma-separated DM conversation ids (`dms` claim).
+    #[arg(long, value_delimiter = ',')]
+    pub dms: Vec<String>,
+    /// Lifetime, e.g. 3600, 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration_secs)]
+    pub ttl: Duration,
+    #[arg(long, env = "XCORD_JWT_SECRET")]
+    pub jwt_secret: String,
+    #[arg(long, env = "XCORD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    #[arg(long, env = "XCORD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+/// A rate limit of `count` commands per `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub window: Duration,
+}
+
+/// `--shards`: a number, or `auto` (see `shard_count`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shards {
+    Auto,
+    Count(usize),
+}
+
+/// An IP network in CIDR form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                (u32::from(n) & mask) == (u32::from(a) & mask)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                (u128::from(n) & mask) == (u128::from(a) & mask)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Client listener. Port 0 picks a free port; the bound address is logged as `listening on ADDR`.
+    #[arg(long, env = "XCORD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin listener: /metrics, /healthz, /readyz, POST /api/v1/publish.
+    #[arg(long, env = "XCORD_ADMIN_LISTEN", default_value = "127.0.0.1:9091")]
+    pub admin_listen: SocketAddr,
+    /// Shard threads, one pinned per core: a number or `auto` (default: usable cores).
+    #[arg(long, env = "XCORD_SHARDS", value_parser = parse_shards)]
+    pub shards: Option<Shards>,
+    /// redis://… URL. Without it the gateway runs single-node on an in-process bus.
+    #[arg(long, env = "XCORD_REDIS", value_parser = parse_redis_url)]
+    pub redis: Option<String>,
+    /// HS256 secret.
+    #[arg(long, env = "XCORD_JWT_SECRET", conflicts_with = "jwt_public_key")]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file (RS256, ES256 or EdDSA, from the key type).
+    #[arg(long, env = "XCORD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    #[arg(long, env = "XCORD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    #[arg(long, env = "XCORD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on exp/nbf.
+    #[arg(long, env = "XCORD_JWT_LEEWAY_SECONDS", default_value_t = 5)]
+    pub jwt_leeway_seconds: u64,
+    /// Bearer token for POST /api/v1/publish; without it that route answers 403.
+    #[arg(long, env = "XCORD_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    #[arg(long, env = "XCORD_HEARTBEAT_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub heartbeat_interval_ms: u64,
+    #[arg(long, env = "XCORD_HELLO_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub hello_timeout_ms: u64,
+    /// Largest client frame in bytes; larger: close 1009.
+    #[arg(long, env = "XCORD_MAX_MESSAGE_SIZE", default_value = "4096", value_parser = parse_bytes)]
+    pub max_message_size: usize,
+    /// Per connection; the automatic user:{sub} does not count.
+    #[arg(long, env = "XCORD_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
+    pub max_subscriptions: usize,
+    /// Per node; default derived from the open-file limit.
+    #[arg(long, env = "XCORD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Per-connection outbound bound; past it: close 4010.
+    #[arg(long, env = "XCORD_SEND_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub send_queue_bytes: usize,
+    /// Client commands per connection per window, e.g. 120/60s (fixed window).
+    #[arg(long, env = "XCORD_RATE_LIMIT", default_value = "120/60s", value_parser = parse_rate_limit)]
+    pub rate_limit: RateLimit,
+    #[arg(long, env = "XCORD_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+    #[arg(long, env = "XCORD_PRESENCE_TTL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub presence_ttl_seconds: u64,
+    #[arg(long, env = "XCORD_RESUME_WINDOW_SECONDS", default_value_t = 60)]
+    pub resume_window_seconds: u64,
+    #[arg(long, env = "XCORD_REPLAY_BUFFER_BYTES", default_value = "8MiB", value_parser = parse_bytes)]
+    pub replay_buffer_bytes: usize,
+    #[arg(long, env = "XCORD_TOKEN_GRACE_SECONDS", default_value_t = 30)]
+    pub token_grace_seconds: u64,
+    /// 0 = off.
+    #[arg(long, env = "XCORD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// CIDRs whose X-Forwarded-For / PROXY header is believed.
+    #[arg(long, env = "XCORD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<Cidr>,
+    #[arg(long, env = "XCORD_PRESENCE_SWEEP_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub presence_sweep_seconds: u64,
+}
+
+/// The checked configuration the node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub args: RunArgs,
+    pub shards: usize,
+    /// CPU ids the shards are pinned to, in order (`shards[i]` on `cpus[i % len]`).
+    pub cpus: Vec<usize>,
+    pub max_connections: usize,
+}
+
+impl Config {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.args.heartbeat_interval_ms)
+    }
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.args.hello_timeout_ms)
+    }
+
+    /// Check the cross-field rules and derive what depends on the host.
+    pub fn from_args(args: RunArgs) -> Result<Config, String> {
+        if args.jwt_secret.is_none() && args.jwt_public_key.is_none() {
+            return Err("one of --jwt-secret or --jwt-public-key is required".into());
+        }
+        if args.jwt_secret.as_deref() == Some("") {
+            return Err("--jwt-secret must not be empty".into());
+        }
+        if args.admin_token.as_deref() == Some("") {
+            return Err("--admin-token must not be empty".into());
+        }
+        if args.send_queue_bytes < 1024 {
+            return Err("--send-queue-bytes must be at least 1024".into());
+        }
+        if args.max_message_size < 64 {
+            return Err("--max-message-size must be at least 64".into());
+        }
+        let cpus = usable_cpus();
+        let shards = match args.shards {
+            Some(Shards::Count(n)) => n,
+            Some(Shards::Auto) => auto_shards(cpus.len()),
+            None => cpus.len().max(1),
+        };
+        if shards == 0 || shards > 64 {
+            return Err(format!("--shards must be between 1 and 64, got {shards}"));
+        }
+        let fd_limit = raise_nofile_limit();
+        let derived = fd_limit.saturating_sub(64 + 8 * shards as u64) as usize;
+        let max_connections = args.max_connections.unwrap_or(derived.max(1));
+        if max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(Config {
+            args,
+            shards,
+            cpus,
+            max_connections,
+        })
+    }
+}
+
+/// `--shards auto`: every usable core, less one for the bus thread and the kernel's
+/// network work once there are enough cores that one shard fewer costs little.
+pub fn auto_shards(cores: usize) -> usize {
+    match cores {
+        0 | 1 => 1,
+        2..=3 => cores,
+        n => n - 1,
+    }
+}
+
+/// CPU ids in this process's affinity mask (respects `taskset`).
+pub fn usable_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|c| libc::CPU_ISSET(*c, &set))
+                .collect();
+            if !cpus.is_empty() {
+                return cpus;
+            }
+        }
+    }
+    (0..std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1))
+        .collect()
+}
+
+/// Raise the soft open-file limit to the hard limit; return the limit in force.
+pub fn raise_nofile_limit() -> u64 {
+    // SAFETY: rlimit is plain data.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    }
+}
+
+fn parse_shards(s: &str) -> Result<Shards, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Shards::Auto);
+    }
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=64).contains(n))
+        .map(Shards::Count)
+        .ok_or_else(|| format!("expected a number from 1 to 64 or `auto`, got `{s}`"))
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    redis::Client::open(s).map_err(|e| format!("not a usable Redis URL: {e}"))?;
+    Ok(s.to_owned())
+}
+
+/// Bytes: a plain number, or with a KiB/MiB/GiB (or k/m/g) suffix.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("expected a size like 4096 or 1MiB, got `{s}`"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => return Err(format!("unknown size unit in `{s}`")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("size out of range: `{s}`"))
+}
+
+/// A duration in seconds: `90`, `90s`, `15m`, `1h`, `7d`.
+pub fn parse_duration_secs(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 60s, got `{s}`"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        "ms" => return Ok(Duration::from_millis(n)),
+        _ => return Err(format!("unknown duration unit in `{s}`")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// `COUNT/WINDOW`, e.g. `120/60s`, `10/1s`, `600/1m`.
+pub fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
+    let (c, w) = s
+        .split_once('/')
+        .ok_or_else(|| format!("expected COUNT/WINDOW like 120/60s, got `{s}`"))?;
+    let count: u32 = c
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad count in rate limit `{s}`"))?;
+    let window = parse_duration_secs(w)?;
+    if count == 0 || window.is_zero() {
+        return Err(format!(
+            "rate limit count and window must be positive: `{s}`"
+        ));
+    }
+    Ok(RateLimit { count, window })
+}
+
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let s = s.trim();
+    let (a, p) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = a.parse().map_err(|_| format!("not an IP network: `{s}`"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match p {
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("bad prefix in `{s}`"))?,
+        None => max,
+    };
+    Ok(Cidr { addr, prefix })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_limits() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("8m"), Ok(8 << 20));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("0").is_err());
+        assert_eq!(
+            parse_rate_limit("120/60s"),
+            Ok(RateLimit {
+                count: 120,
+                window: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(
+            parse_rate_limit("5/1m").map(|r| r.window),
+            Ok(Duration::from_secs(60))
+        );
+        assert!(parse_rate_limit("120").is_err());
+        assert!(parse_rate_limit("0/1s").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(parse_cidr("127.0.0.1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn auto_shard_rule() {
+        assert_eq!(auto_shards(1), 1);
+        assert_eq!(auto_shards(2), 2);
+        assert_eq!(auto_shards(8), 7);
+    }
+}

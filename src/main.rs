@@ -1,0 +1,44 @@
+//! `xcord-gateway`: run a node, or print a development token (`xcord-gateway token`).
+
+use clap::Parser;
+use xcord_gateway::auth;
+use xcord_gateway::config::{Cli, Command, Config};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("XCORD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Some(Command::Token(t)) => {
+            let mut claims = auth::claims_for(&t.sub, &t.servers, &t.dms, t.ttl.as_secs());
+            claims.iss = t.jwt_issuer;
+            claims.aud = t.jwt_audience.map(auth::Audience::One);
+            match auth::sign_hs256(t.jwt_secret.as_bytes(), &claims) {
+                Ok(tok) => println!("{tok}"),
+                Err(e) => {
+                    eprintln!("error: cannot sign the token: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        None => {
+            let cfg = match Config::from_args(cli.run) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(2);
+                }
+            };
+            if let Err(e) = xcord_gateway::node::run(cfg) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}

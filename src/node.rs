@@ -1,0 +1,155 @@
+//! A node: binds the listeners, starts the bus, the shards and the admin listener,
+//! then waits for SIGTERM/SIGINT and drains (SPEC §2 `--drain-seconds`).
+//!
+//! The client listeners are created here, one SO_REUSEPORT socket per shard on the
+//! same address (port 0 resolved by the first bind, then shared), so a bad address
+//! fails at start with one clear line, before any thread is running.
+
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info};
+
+use crate::auth::Verifier;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shard::inbox::{Ctl, Inbox};
+
+/// What every thread of the node can see. Everything here is immutable or atomic.
+pub struct Shared {
+    pub cfg: Config,
+    pub verifier: Verifier,
+    pub metrics: Arc<Metrics>,
+    pub bus: Arc<Bus>,
+    /// Open client connections on the node (for `--max-connections`).
+    pub connections: AtomicUsize,
+    pub draining: AtomicBool,
+}
+
+/// The I/O memory glommio registers per executor. We do no file I/O, and the
+/// process may lock only 8 MiB here; the default 10 MiB fails to register.
+const IO_MEMORY: usize = 256 * 1024;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sk.set_reuse_port(true)?;
+    sk.set_reuse_address(true)?;
+    sk.set_nonblocking(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(4096)?;
+    Ok(sk)
+}
+
+pub fn build_verifier(cfg: &Config) -> Result<Verifier, String> {
+    let a = &cfg.args;
+    match (&a.jwt_secret, &a.jwt_public_key) {
+        (Some(s), _) => Ok(Verifier::hs256(
+            s.as_bytes(),
+            a.jwt_issuer.as_deref(),
+            a.jwt_audience.as_deref(),
+            a.jwt_leeway_seconds,
+        )),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --jwt-public-key {}: {e}", path.display()))?;
+            Verifier::from_pem(
+                &pem,
+                a.jwt_issuer.as_deref(),
+                a.jwt_audience.as_deref(),
+                a.jwt_leeway_seconds,
+            )
+        }
+        (None, None) => Err("one of --jwt-secret or --jwt-public-key is required".into()),
+    }
+}
+
+/// Run the node until a signal has drained it. Returns the process exit code.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let verifier = build_verifier(&cfg)?;
+    let n = cfg.shards;
+
+    let first = bind_listener(cfg.args.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.args.listen))?;
+    let bound = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or("cannot read the listener's address")?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(bind_listener(bound).map_err(|e| format!("cannot listen on {bound}: {e}"))?);
+    }
+
+    let metrics = Arc::new(Metrics::new(n));
+    let inboxes: Vec<Arc<Inbox>> = (0..n).map(|_| Arc::new(Inbox::new(65_536))).collect();
+    let bus = Bus::start(cfg.args.redis.as_deref(), inboxes.clone(), metrics.clone())?;
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        verifier,
+        metrics,
+        bus,
+        connections: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
+    });
+    crate::admin::start(cfg.args.admin_listen, shared.clone())?;
+
+    let mut handles = Vec::new();
+    for (i, sk) in listeners.into_iter().enumerate() {
+        let cpu = cfg.cpus[i % cfg.cpus.len()];
+        let fd = sk.into_raw_fd();
+        let shared = shared.clone();
+        let inbox = inboxes[i].clone();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("xcord-shard-{i}"))
+            .io_memory(IO_MEMORY)
+            .spawn(move || async move {
+                // SAFETY: `fd` is a listening socket this thread now owns alone.
+                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                crate::shard::run(i, shared, inbox, listener).await;
+            })
+            .map_err(|e| format!("cannot start shard {i} on CPU {cpu}: {e}"))?;
+        handles.push(h);
+    }
+    info!(
+        shards = n,
+        redis = cfg.args.redis.is_some(),
+        "listening on {bound}"
+    );
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    if let Some(sig) = signals.forever().next() {
+        info!(
+            signal = sig,
+            drain_seconds = cfg.args.drain_seconds,
+            "draining: closing clients with 4011"
+        );
+    }
+    shared.draining.store(true, Relaxed);
+    shared.bus.set_draining();
+    for inbox in &inboxes {
+        inbox.push_ctl(Ctl::Drain);
+    }
+    // A second signal ends at once.
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            std::process::exit(1);
+        }
+    });
+    for (i, h) in handles.into_iter().enumerate() {
+        if h.join().is_err() {
+            error!(shard = i, "shard ended abnormally");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    info!("drained");
+    Ok(())
+}

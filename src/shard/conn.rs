@@ -1,0 +1,937 @@
+//! One client connection: its state machine and its two tasks.
+//!
+//! States: `AwaitHello` (upgraded; only HELLO or RESUME is allowed) → `Ready`
+//! (authenticated; commands, events) → `Closing` (a close code is chosen; nothing is
+//! queued after the close frame; the writer flushes and shuts the socket's write
+//! side) → gone (the reader saw EOF, or the sweep killed a connection stuck closing).
+//!
+//! The reader task reads the socket into the shard's scratch buffer, lets
+//! tungstenite's frame codec (`WebSocketContext`, owning no socket) turn the bytes
+//! into messages, and runs each command in order. The writer task owns nothing but
+//! a spare buffer: it swaps the connection's outbound buffer out and writes it. The
+//! outbound bytes — event frames, replies, tungstenite's pongs — are bounded by
+//! `--send-queue-bytes` (4010 past it).
+//!
+//! Invariant: the reader alone removes the connection from the shard (slab, trie,
+//! routes, counters), exactly once, after both tasks are done with the socket.
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashSet, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+use tungstenite::protocol::{Message, WebSocketContext};
+
+use super::Shard;
+use crate::auth::{now_secs, Claims};
+use crate::channels::{self, Root, TypingTarget};
+use crate::protocol::messages::{self as msg, ClientMsg, DecodeError};
+use crate::protocol::{codes, frame, ErrorCode};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    AwaitHello,
+    Ready,
+    Closing,
+}
+
+/// A fixed-window rate limiter (SPEC §2 `--rate-limit`): the window opens at the
+/// first counted command; `count` commands pass, the rest of the window gets
+/// RATE_LIMITED, and the 2×count-th command in one window closes 4008.
+#[derive(Debug)]
+pub struct RateWindow {
+    start: Instant,
+    used: u32,
+}
+
+pub enum RateVerdict {
+    Allow,
+    Limited,
+    Close,
+}
+
+impl RateWindow {
+    pub fn new(now: Instant) -> RateWindow {
+        RateWindow {
+            start: now,
+            used: 0,
+        }
+    }
+    pub fn check(&mut self, now: Instant, limit: crate::config::RateLimit) -> RateVerdict {
+        if now.duration_since(self.start) >= limit.window {
+            self.start = now;
+            self.used = 0;
+        }
+        self.used = self.used.saturating_add(1);
+        if self.used >= limit.count.saturating_mul(2) {
+            RateVerdict::Close
+        } else if self.used > limit.count {
+            RateVerdict::Limited
+        } else {
+            RateVerdict::Allow
+        }
+    }
+}
+
+/// The authenticated part of a connection.
+pub struct Session {
+    pub session_id: String,
+    pub claims: Claims,
+    /// `user:{sub}`, subscribed at HELLO; not counted, not removable.
+    pub auto_sub: String,
+    /// Explicit subscriptions (normalised names).
+    pub subs: HashSet<String>,
+    pub rate: RateWindow,
+    /// Typing indicators this session started: channel → when it ends by itself.
+    pub typing: Vec<(String, Instant)>,
+}
+
+pub struct Conn {
+    pub key: Cell<u32>,
+    pub ip: IpAddr,
+    pub out: RefCell<Vec<u8>>,
+    /// Bytes handed to the writer and not yet written.
+    pub inflight: Cell<usize>,
+    /// Bus receive time of the oldest event frame not yet written.
+    pub pending_since: Cell<Option<Instant>>,
+    writer_waker: Cell<Option<Waker>>,
+    reader_waker: Cell<Option<Waker>>,
+    pub phase: Cell<Phase>,
+    pub close_code: Cell<Option<u16>>,
+    pub closing_since: Cell<Option<Instant>>,
+    pub killed: Cell<bool>,
+    pub last_seq: Cell<u64>,
+    pub last_rx: Cell<Instant>,
+    pub opened: Instant,
+    /// Claims from a valid `Authorization: Bearer` header on the upgrade.
+    pub header_claims: RefCell<Option<Claims>>,
+    pub session: RefCell<Option<Session>>,
+}
+
+impl Conn {
+    pub fn new(ip: IpAddr, header_claims: Option<Claims>) -> Conn {
+        let now = Instant::now();
+        Conn {
+            key: Cell::new(u32::MAX),
+            ip,
+            out: RefCell::new(Vec::new()),
+            inflight: Cell::new(0),
+            pending_since: Cell::new(None),
+            writer_waker: Cell::new(None),
+            reader_waker: Cell::new(None),
+            phase: Cell::new(Phase::AwaitHello),
+            close_code: Cell::new(None),
+            closing_since: Cell::new(None),
+            killed: Cell::new(false),
+            last_seq: Cell::new(0),
+            last_rx: Cell::new(now),
+            opened: now,
+            header_claims: RefCell::new(header_claims),
+            session: RefCell::new(None),
+        }
+    }
+
+    fn wake_writer(&self) {
+        if let Some(w) = self.writer_waker.take() {
+            w.wake();
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.out.borrow().len() + self.inflight.get()
+    }
+
+    /// FAST PATH: queue an already-encoded event frame. `false` when the frame is
+    /// not queued (closing, or this push made the connection a slow consumer).
+    #[inline]
+    pub fn push_event(&self, shard: &Shard, frame: &[u8], received: Instant) -> bool {
+        if self.phase.get() == Phase::Closing {
+            return false;
+        }
+        if self.queued() + frame.len() > shard.shared.cfg.args.send_queue_bytes {
+            self.begin_close(shard, codes::SLOW_CONSUMER, true);
+            return false;
+        }
+        self.out.borrow_mut().extend_from_slice(frame);
+        if self.pending_since.get().is_none() {
+            self.pending_since.set(Some(received));
+        }
+        self.wake_writer();
+        true
+    }
+
+    /// Queue a server message (JSON text) as one frame.
+    pub fn send_json(&self, shard: &Shard, json: &[u8]) {
+        if self.phase.get() == Phase::Closing {
+            return;
+        }
+        if self.queued() + json.len() + 10 > shard.shared.cfg.args.send_queue_bytes {
+            self.begin_close(shard, codes::SLOW_CONSUMER, true);
+            return;
+        }
+        frame::text_frame_into(json, &mut self.out.borrow_mut());
+        self.wake_writer();
+    }
+
+    /// Choose the close code and queue the close frame (unless `send_frame` is false:
+    /// the peer closed first and tungstenite queued the reply). Idempotent.
+    pub fn begin_close(&self, shard: &Shard, code: u16, send_frame: bool) {
+        if self.phase.get() == Phase::Closing {
+            return;
+        }
+        self.phase.set(Phase::Closing);
+        self.close_code.set(Some(code));
+        self.closing_since.set(Some(Instant::now()));
+        if code == codes::SLOW_CONSUMER {
+            // Whatever is not yet handed to the socket will never be read in time.
+            let mut out = self.out.borrow_mut();
+            out.clear();
+            out.shrink_to(256);
+        }
+        if send_frame {
+            frame::close_frame_into(code, codes::reason(code), &mut self.out.borrow_mut());
+        }
+        let _ = shard;
+        self.wake_writer();
+    }
+
+    /// Stop both tasks now (peer gone, or stuck closing).
+    pub fn kill(&self) {
+        self.killed.set(true);
+        if self.phase.get() != Phase::Closing {
+            self.phase.set(Phase::Closing);
+            self.closing_since.set(Some(Instant::now()));
+        }
+        self.wake_writer();
+        if let Some(w) = self.reader_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A `Read + Write` view for tungstenite's codec: reads from the bytes just received,
+/// writes (pongs, close replies) into the connection's outbound buffer.
+struct MemIo<'a> {
+    input: &'a [u8],
+    out: Option<&'a mut Vec<u8>>,
+}
+
+impl io::Read for MemIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input = &self.input[n..];
+        Ok(n)
+    }
+}
+
+impl io::Write for MemIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(out) = self.out.as_mut() {
+            out.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn ws_config(cfg: &crate::config::Config) -> tungstenite::protocol::WebSocketConfig {
+    let max = cfg.args.max_message_size;
+    tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+enum ReadOutcome {
+    Data(usize),
+    Eof,
+}
+
+/// Read once from the socket into the shard's scratch buffer.
+async fn read_some(shard: &Shard, stream: &RefCell<TcpStream>, conn: &Conn) -> ReadOutcome {
+    poll_fn(|cx| {
+        if conn.killed.get() {
+            return Poll::Ready(ReadOutcome::Eof);
+        }
+        let mut scratch = shard.scratch.borrow_mut();
+        let mut s = stream.borrow_mut();
+        match Pin::new(&mut *s).poll_read(cx, &mut scratch[..]) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(ReadOutcome::Eof),
+            Poll::Ready(Ok(n)) => Poll::Ready(ReadOutcome::Data(n)),
+            Poll::Pending => {
+                conn.reader_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// The writer task: flush the outbound buffer whenever it has bytes.
+pub async fn writer(shard: Rc<Shard>, stream: Rc<RefCell<TcpStream>>, conn: Rc<Conn>) {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        poll_fn(|cx| {
+            if conn.killed.get()
+                || !conn.out.borrow().is_empty()
+                || conn.phase.get() == Phase::Closing
+            {
+                Poll::Ready(())
+            } else {
+                conn.writer_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        if conn.killed.get() {
+            break;
+        }
+        std::mem::swap(&mut buf, &mut *conn.out.borrow_mut());
+        let since = conn.pending_since.take();
+        if !buf.is_empty() {
+            let mut off = 0;
+            conn.inflight.set(buf.len());
+            while off < buf.len() {
+                let r = poll_fn(|cx| {
+                    if conn.killed.get() {
+                        return Poll::Ready(Err(io::Error::other("killed")));
+                    }
+                    let mut s = stream.borrow_mut();
+                    match Pin::new(&mut *s).poll_write(cx, &buf[off..]) {
+                        Poll::Pending => {
+                            conn.writer_waker.set(Some(cx.waker().clone()));
+                            Poll::Pending
+                        }
+                        ready => ready,
+                    }
+                })
+                .await;
+                match r {
+                    Ok(n) if n > 0 => {
+                        off += n;
+                        conn.inflight.set(buf.len() - off);
+                    }
+                    _ => {
+                        conn.kill();
+                        return;
+                    }
+                }
+            }
+            if let Some(t) = since {
+                let _ = shard
+                    .latency
+                    .borrow_mut()
+                    .record(t.elapsed().as_micros().max(1) as u64);
+            }
+            buf.clear();
+            if buf.capacity() > 64 * 1024 {
+                buf = Vec::new();
+            }
+        }
+        if conn.phase.get() == Phase::Closing && conn.out.borrow().is_empty() {
+            // Our close frame (or the reply to the client's) is out: half-close and
+            // let the reader collect the peer's close or EOF.
+            // SAFETY: shutdown on a valid fd owned by the stream.
+            unsafe {
+                libc::shutdown(stream.borrow().as_raw_fd(), libc::SHUT_WR);
+            }
+            break;
+        }
+    }
+}
+
+/// Serve an upgraded connection until it is gone. `leftover`: bytes read after the
+/// HTTP request (a client may send its first frame right behind it).
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover: Vec<u8>) {
+    let stream = Rc::new(RefCell::new(stream));
+    let mut ws = WebSocketContext::new(
+        tungstenite::protocol::Role::Server,
+        Some(ws_config(&shard.shared.cfg)),
+    );
+    let writer = glommio::spawn_local(writer(shard.clone(), stream.clone(), conn.clone()));
+    let mut msgs: VecDeque<Message> = VecDeque::new();
+
+    feed(&shard, &conn, &mut ws, &leftover, &mut msgs);
+    drop(leftover);
+    loop {
+        while let Some(m) = msgs.pop_front() {
+            if conn.phase.get() == Phase::Closing {
+                msgs.clear();
+                break;
+            }
+            handle_message(&shard, &conn, m).await;
+        }
+        match read_some(&shard, &stream, &conn).await {
+            ReadOutcome::Eof => break,
+            ReadOutcome::Data(n) => {
+                conn.last_rx.set(Instant::now());
+                let scratch = shard.scratch.borrow();
+                feed(&shard, &conn, &mut ws, &scratch[..n], &mut msgs);
+            }
+        }
+    }
+    if conn.phase.get() != Phase::Closing || conn.close_code.get().is_none() {
+        conn.close_code
+            .set(conn.close_code.get().or(Some(codes::ABNORMAL)));
+    }
+    conn.kill();
+    writer.await;
+    cleanup(&shard, &conn);
+}
+
+/// Run the codec over newly received bytes, collecting complete messages.
+fn feed(
+    shard: &Shard,
+    conn: &Conn,
+    ws: &mut WebSocketContext,
+    input: &[u8],
+    msgs: &mut VecDeque<Message>,
+) {
+    let closing = conn.phase.get() == Phase::Closing;
+    let mut out = conn.out.borrow_mut();
+    let mut io = MemIo {
+        input,
+        out: if closing { None } else { Some(&mut out) },
+    };
+    let mut close: Option<(u16, bool)> = None;
+    loop {
+        match ws.read(&mut io) {
+            Ok(Message::Close(f)) => {
+                let code = f.map(|f| u16::from(f.code)).unwrap_or(codes::NO_STATUS);
+                let _ = ws.flush(&mut io); // the close reply
+                close = Some((code, false));
+                break;
+            }
+            Ok(m) => msgs.push_back(m),
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                break
+            }
+            Err(tungstenite::Error::Capacity(_)) => {
+                close = Some((codes::TOO_BIG, true));
+                break;
+            }
+            Err(tungstenite::Error::Utf8(_)) => {
+                close = Some((codes::NOT_JSON, true));
+                break;
+            }
+            Err(_) => {
+                close = Some((codes::PROTOCOL_ERROR, true));
+                break;
+            }
+        }
+    }
+    let _ = ws.flush(&mut io); // pongs
+    drop(io);
+    drop(out);
+    if !conn.out.borrow().is_empty() {
+        conn.wake_writer();
+    }
+    if let Some((code, send)) = close {
+        // Messages that arrived before the close frame still run.
+        if !send {
+            conn.begin_close(shard, code, false);
+        } else {
+            msgs.clear();
+            conn.begin_close(shard, code, true);
+        }
+    }
+}
+
+fn cleanup(shard: &Shard, conn: &Conn) {
+    let key = conn.key.get();
+    if let Some(s) = conn.session.borrow_mut().take() {
+        for name in s.subs.iter() {
+            shard.unsubscribe(name, key);
+        }
+        shard.unsubscribe(&s.auto_sub, key);
+        for (ch, _) in s.typing.iter() {
+            publish_typing(shard, &s.claims.sub, ch, false);
+        }
+        crate::presence::session_ended(shard, &s);
+    }
+    shard.conns.borrow_mut().try_remove(key as usize);
+    let m = shard.metrics();
+    m.connections.fetch_sub(1, Relaxed);
+    m.closed(conn.close_code.get().unwrap_or(codes::ABNORMAL));
+    shard.shared.connections.fetch_sub(1, Relaxed);
+}
+
+async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, m: Message) {
+    let text = match m {
+        Message::Text(t) => t,
+        Message::Binary(_) => {
+            conn.begin_close(shard, codes::NOT_JSON, true);
+            return;
+        }
+        // Control frames: tungstenite answered pings; any frame counted as activity.
+        _ => return,
+    };
+    let decoded = msg::decode(text.as_bytes());
+    if conn.phase.get() == Phase::AwaitHello {
+        match decoded {
+            Err(DecodeError::NotJson) => conn.begin_close(shard, codes::NOT_JSON, true),
+            Ok(ClientMsg::Hello { token }) => {
+                shard.metrics().command("HELLO");
+                hello(shard, conn, token).await
+            }
+            Ok(ClientMsg::Resume { token, .. }) => {
+                shard.metrics().command("RESUME");
+                resume(shard, conn, token).await
+            }
+            Err(e) if e.is_handshake() => conn.begin_close(shard, codes::AUTH_FAILED, true),
+            _ => conn.begin_close(shard, codes::NOT_AUTHENTICATED, true),
+        }
+        return;
+    }
+    let cmd = match decoded {
+        Err(DecodeError::NotJson) => {
+            conn.begin_close(shard, codes::NOT_JSON, true);
+            return;
+        }
+        Ok(ClientMsg::Hello { .. }) | Ok(ClientMsg::Resume { .. }) => {
+            conn.begin_close(shard, codes::ALREADY_AUTHENTICATED, true);
+            return;
+        }
+        Ok(ClientMsg::Ping) => {
+            shard.metrics().command("PING");
+            conn.send_json(
+                shard,
+                &msg::encode(
+                    "PONG",
+                    msg::Pong {
+                        timestamp: now_millis(),
+                    },
+                ),
+            );
+            return;
+        }
+        other => other,
+    };
+    // Everything else is a rate-limited command.
+    let verdict = {
+        let mut s = conn.session.borrow_mut();
+        match s.as_mut() {
+            Some(s) => s
+                .rate
+                .check(Instant::now(), shard.shared.cfg.args.rate_limit),
+            None => RateVerdict::Allow,
+        }
+    };
+    match verdict {
+        RateVerdict::Close => {
+            conn.begin_close(shard, codes::RATE_LIMITED, true);
+            return;
+        }
+        RateVerdict::Limited => {
+            conn.send_json(
+                shard,
+                &msg::error(ErrorCode::RateLimited, "rate limit exceeded", None),
+            );
+            return;
+        }
+        RateVerdict::Allow => {}
+    }
+    match cmd {
+        Err(DecodeError::BadPayload { kind, message }) => {
+            shard.metrics().command(kind.unwrap_or("UNKNOWN"));
+            conn.send_json(shard, &msg::error(ErrorCode::BadPayload, message, None));
+        }
+        Err(DecodeError::UnknownType(t)) => {
+            shard.metrics().command("UNKNOWN");
+            let m = format!("unknown type {}", t.chars().take(64).collect::<String>());
+            conn.send_json(shard, &msg::error(ErrorCode::UnknownType, &m, None));
+        }
+        Err(DecodeError::NotJson) => {}
+        Ok(c) => {
+            shard.metrics().command(c.kind());
+            match c {
+                ClientMsg::Subscribe { channels } => subscribe(shard, conn, channels).await,
+                ClientMsg::Unsubscribe { channels } => unsubscribe(shard, conn, channels),
+                ClientMsg::Typing { channel_id, start } => {
+                    typing(shard, conn, channel_id, start).await
+                }
+                ClientMsg::SetPresence { status } => {
+                    crate::presence::set_presence(shard, conn, &status)
+                }
+                ClientMsg::Refresh { token } => refresh(shard, conn, &token),
+                ClientMsg::Hello { .. } | ClientMsg::Resume { .. } | ClientMsg::Ping => {}
+            }
+        }
+    }
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn new_session_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// The claims for a HELLO/RESUME: the token in the message if any (it must be
+/// valid), else the upgrade's Authorization header.
+fn authenticate(shard: &Shard, conn: &Conn, token: Option<String>) -> Option<Claims> {
+    match token {
+        Some(t) => shard.shared.verifier.verify(&t).ok(),
+        None => conn.header_claims.borrow().clone(),
+    }
+}
+
+async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
+    let Some(claims) = authenticate(shard, conn, token) else {
+        conn.begin_close(shard, codes::AUTH_FAILED, true);
+        return;
+    };
+    start_session(shard, conn, claims, new_session_id());
+}
+
+fn start_session(shard: &Rc<Shard>, conn: &Rc<Conn>, claims: Claims, session_id: String) {
+    let auto_sub = format!("user:{}", claims.sub);
+    // The route is queued before HELLO_ACK goes out: the user tree is live from then on.
+    shard.subscribe(&auto_sub, conn.key.get());
+    let ack = msg::encode(
+        "HELLO_ACK",
+        msg::HelloAck {
+            session_id: &session_id,
+            heartbeat_interval: shard.shared.cfg.args.heartbeat_interval_ms,
+            user_id: &claims.sub,
+        },
+    );
+    let session = Session {
+        session_id,
+        claims,
+        auto_sub,
+        subs: HashSet::new(),
+        rate: RateWindow::new(Instant::now()),
+        typing: Vec::new(),
+    };
+    crate::presence::session_started(shard, &session);
+    *conn.session.borrow_mut() = Some(session);
+    conn.phase.set(Phase::Ready);
+    conn.send_json(shard, &ack);
+}
+
+async fn resume(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
+    if authenticate(shard, conn, token).is_none() {
+        conn.begin_close(shard, codes::AUTH_FAILED, true);
+        return;
+    }
+    // No session is kept across connections yet: every resume is unknown, and the
+    // client starts over with HELLO on this connection (SPEC §8's fallback).
+    conn.send_json(shard, &msg::encode("INVALID_SESSION", msg::Empty {}));
+}
+
+fn refresh(shard: &Rc<Shard>, conn: &Rc<Conn>, token: &str) {
+    let verified = shard.shared.verifier.verify(token);
+    let mut s = conn.session.borrow_mut();
+    let Some(session) = s.as_mut() else { return };
+    match verified {
+        Ok(c) if c.sub == session.claims.sub => {
+            let exp = c.exp;
+            session.claims = c;
+            drop(s);
+            conn.send_json(shard, &msg::encode("REFRESHED", msg::Refreshed { exp }));
+        }
+        _ => {
+            drop(s);
+            conn.begin_close(shard, codes::AUTH_FAILED, true);
+        }
+    }
+}
+
+/// Whether the claims alone grant `sub`; `None` means "ask Redis".
+fn granted_by_claims(claims: &Claims, sub: &channels::Subscription) -> Option<bool> {
+    match sub.root {
+        Root::User => Some(sub.id() == claims.sub),
+        Root::Live => Some(true),
+        Root::Dm => claims.dms.iter().any(|d| d == sub.id()).then_some(true),
+        Root::Server => claims.servers.iter().any(|d| d == sub.id()).then_some(true),
+    }
+}
+
+/// Ask Redis whether the user is in each (set, member) pair; errors count as "no".
+async fn redis_memberships(shard: &Shard, user: &str, asks: &[(Root, String)]) -> Vec<bool> {
+    let Some(redis) = shard.shared.bus.redis() else {
+        return vec![false; asks.len()];
+    };
+    if asks.is_empty() {
+        return Vec::new();
+    }
+    let mut pipe = redis::pipe();
+    for (root, id) in asks {
+        let set = if *root == Root::Dm {
+            format!("user:{user}:dms")
+        } else {
+            format!("user:{user}:servers")
+        };
+        pipe.cmd("SISMEMBER").arg(set).arg(id);
+    }
+    let r = glommio::timer::timeout(Duration::from_secs(3), async {
+        Ok(redis.query(pipe).await)
+    })
+    .await;
+    match r {
+        Ok(Ok(vals)) => {
+            let mut out: Vec<bool> = vals
+                .iter()
+                .map(|v| matches!(v, redis::Value::Int(1)))
+                .collect();
+            out.resize(asks.len(), false);
+            out
+        }
+        _ => vec![false; asks.len()],
+    }
+}
+
+async fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, channels: Vec<Result<String, String>>) {
+    let (user, claims) = match conn.session.borrow().as_ref() {
+        Some(s) => (s.claims.sub.clone(), s.claims.clone()),
+        None => return,
+    };
+    enum Verdict {
+        Invalid,
+        Granted,
+        Forbidden,
+        Ask(usize),
+    }
+    let mut asks: Vec<(Root, String)> = Vec::new();
+    let mut plan: Vec<(String, Option<channels::Subscription>, Verdict)> = Vec::new();
+    for raw in channels {
+        let raw = match raw {
+            Ok(s) => s,
+            Err(repr) => {
+                plan.push((repr, None, Verdict::Invalid));
+                continue;
+            }
+        };
+        match channels::parse_subscription(&raw) {
+            None => plan.push((raw, None, Verdict::Invalid)),
+            Some(sub) => {
+                let v = match granted_by_claims(&claims, &sub) {
+                    Some(true) => Verdict::Granted,
+                    Some(false) => Verdict::Forbidden,
+                    None => {
+                        let i = asks
+                            .iter()
+                            .position(|(r, id)| *r == sub.root && id == sub.id())
+                            .unwrap_or_else(|| {
+                                asks.push((sub.root, sub.id().to_owned()));
+                                asks.len() - 1
+                            });
+                        Verdict::Ask(i)
+                    }
+                };
+                plan.push((raw, Some(sub), v));
+            }
+        }
+    }
+    let answers = redis_memberships(shard, &user, &asks).await;
+    if conn.phase.get() != Phase::Ready {
+        return;
+    }
+    let max = shard.shared.cfg.args.max_subscriptions;
+    let key = conn.key.get();
+    let mut granted: Vec<String> = Vec::new();
+    let mut replies: Vec<Vec<u8>> = Vec::new();
+    {
+        let mut s = conn.session.borrow_mut();
+        let Some(session) = s.as_mut() else { return };
+        for (raw, sub, verdict) in plan {
+            let ok = match verdict {
+                Verdict::Invalid => {
+                    replies.push(msg::error(
+                        ErrorCode::InvalidChannel,
+                        "invalid channel name",
+                        Some(&raw),
+                    ));
+                    continue;
+                }
+                Verdict::Granted => true,
+                Verdict::Forbidden => false,
+                Verdict::Ask(i) => answers.get(i).copied().unwrap_or(false),
+            };
+            let Some(sub) = sub else { continue };
+            if !ok {
+                replies.push(msg::error(
+                    ErrorCode::Forbidden,
+                    "not allowed to subscribe",
+                    Some(&raw),
+                ));
+                continue;
+            }
+            if sub.name != session.auto_sub && !session.subs.contains(&sub.name) {
+                if session.subs.len() >= max {
+                    replies.push(msg::error(
+                        ErrorCode::TooManySubscriptions,
+                        "subscription limit reached",
+                        Some(&raw),
+                    ));
+                    continue;
+                }
+                // Route queued before SUBSCRIBED is sent (SPEC §3's promise).
+                shard.subscribe(&sub.name, key);
+                session.subs.insert(sub.name.clone());
+            }
+            if !granted.contains(&raw) {
+                granted.push(raw);
+            }
+        }
+    }
+    for r in replies {
+        conn.send_json(shard, &r);
+    }
+    conn.send_json(
+        shard,
+        &msg::encode("SUBSCRIBED", msg::Channels { channels: &granted }),
+    );
+}
+
+fn unsubscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, channels: Vec<Result<String, String>>) {
+    let key = conn.key.get();
+    let mut done: Vec<String> = Vec::new();
+    {
+        let mut s = conn.session.borrow_mut();
+        let Some(session) = s.as_mut() else { return };
+        for raw in channels.into_iter().flatten() {
+            if let Some(sub) = channels::parse_subscription(&raw) {
+                if session.subs.remove(&sub.name) {
+                    shard.unsubscribe(&sub.name, key);
+                }
+            }
+            if !done.contains(&raw) {
+                done.push(raw);
+            }
+        }
+    }
+    conn.send_json(
+        shard,
+        &msg::encode("UNSUBSCRIBED", msg::Channels { channels: &done }),
+    );
+}
+
+fn publish_typing(shard: &Shard, user: &str, channel: &str, typing: bool) {
+    let payload = match channels::typing_target(channel) {
+        Some(TypingTarget::Dm { conversation }) => (
+            "dm.typing",
+            sonic_rs::json!({"conversationId": conversation, "userId": user, "isTyping": typing}),
+        ),
+        Some(TypingTarget::ServerChannel {
+            server,
+            channel: cid,
+        }) => (
+            "server.typing",
+            sonic_rs::json!({"serverId": server, "channelId": cid, "userId": user, "isTyping": typing}),
+        ),
+        None => return,
+    };
+    shard
+        .shared
+        .bus
+        .publish(channel, payload.0, &payload.1.to_string());
+}
+
+pub const TYPING_TTL: Duration = Duration::from_secs(10);
+
+async fn typing(shard: &Rc<Shard>, conn: &Rc<Conn>, channel_id: String, start: bool) {
+    let Some(target) = channels::typing_target(&channel_id) else {
+        conn.send_json(
+            shard,
+            &msg::error(
+                ErrorCode::InvalidChannel,
+                "typing needs dm:{conv} or server:{sid}:channel:{cid}",
+                Some(&channel_id),
+            ),
+        );
+        return;
+    };
+    let (user, claims) = match conn.session.borrow().as_ref() {
+        Some(s) => (s.claims.sub.clone(), s.claims.clone()),
+        None => return,
+    };
+    let (root, id) = match &target {
+        TypingTarget::Dm { conversation } => (Root::Dm, conversation.clone()),
+        TypingTarget::ServerChannel { server, .. } => (Root::Server, server.clone()),
+    };
+    let by_claims = match root {
+        Root::Dm => claims.dms.contains(&id),
+        _ => claims.servers.contains(&id),
+    };
+    let allowed = by_claims
+        || redis_memberships(shard, &user, &[(root, id)])
+            .await
+            .first()
+            .copied()
+            .unwrap_or(false);
+    if !allowed {
+        conn.send_json(
+            shard,
+            &msg::error(
+                ErrorCode::Forbidden,
+                "not allowed on this channel",
+                Some(&channel_id),
+            ),
+        );
+        return;
+    }
+    {
+        let mut s = conn.session.borrow_mut();
+        let Some(session) = s.as_mut() else { return };
+        session.typing.retain(|(c, _)| *c != channel_id);
+        if start {
+            session
+                .typing
+                .push((channel_id.clone(), Instant::now() + TYPING_TTL));
+        }
+    }
+    publish_typing(shard, &user, &channel_id, start);
+}
+
+/// Per-tick work on a ready connection: typing that ran out, tokens that expired.
+pub fn on_tick(shard: &Shard, conn: &Conn, now: Instant) {
+    let mut expired_token = false;
+    let mut stopped: Vec<String> = Vec::new();
+    let user;
+    {
+        let mut s = conn.session.borrow_mut();
+        let Some(session) = s.as_mut() else { return };
+        user = session.claims.sub.clone();
+        if !session.typing.is_empty() {
+            session.typing.retain(|(c, until)| {
+                if *until <= now {
+                    stopped.push(c.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        if now_secs() > session.claims.exp + shard.shared.cfg.args.token_grace_seconds {
+            expired_token = true;
+        }
+    }
+    for c in stopped {
+        publish_typing(shard, &user, &c, false);
+    }
+    if expired_token {
+        conn.begin_close(shard, codes::AUTH_FAILED, true);
+    }
+}

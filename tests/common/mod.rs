@@ -1,0 +1,456 @@
+//! Test harness: a real `redis-server` on a free loopback port, the real
+//! `xcord-gateway` binary, and real WebSocket clients (tungstenite, blocking, with
+//! read timeouts so that no test can hang). Every process a test starts is killed
+//! by PID when its handle drops.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+pub const SECRET: &str = "test-secret";
+pub const ADMIN: &str = "admin-token";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let r = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = r.conn() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return r;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// PUBLISH events:{channel} with a raw body, as a backend does.
+    pub fn publish_raw(&self, channel: &str, body: &str) {
+        let mut c = self.conn().unwrap();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(format!("events:{channel}"))
+            .arg(body)
+            .query(&mut c)
+            .unwrap();
+    }
+
+    pub fn publish(&self, channel: &str, event: &str, payload: Value) {
+        self.publish_raw(
+            channel,
+            &json!({"type": event, "payload": payload}).to_string(),
+        );
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Start with the test defaults (loopback, port 0, HS256 SECRET, admin token),
+    /// plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Gateway {
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--admin-listen".into(),
+            "127.0.0.1:0".into(),
+            "--jwt-secret".into(),
+            SECRET.into(),
+            "--admin-token".into(),
+            ADMIN.into(),
+        ];
+        if !extra.contains(&"--shards") {
+            args.extend(["--shards".into(), "2".into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_raw(&args).expect("gateway did not start")
+    }
+
+    pub fn start_raw(args: &[String]) -> Result<Gateway, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xcord-gateway"))
+            .args(args)
+            .env("XCORD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            let mut admin = None;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                l2.lock().unwrap().push_str(&line);
+                l2.lock().unwrap().push('\n');
+                if let Some(i) = line.find("admin listening on ") {
+                    admin = line[i + 19..]
+                        .split_whitespace()
+                        .next()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                } else if let Some(i) = line.find("listening on ") {
+                    let a = line[i + 13..]
+                        .split_whitespace()
+                        .next()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    if let (Some(a), Some(ad)) = (a, admin) {
+                        let _ = tx.send((a, ad));
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok((addr, admin)) => Ok(Gateway {
+                child,
+                addr,
+                admin,
+                log,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(log.lock().unwrap().clone())
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/api/v1/ws", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Send a signal to the gateway (by its PID).
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for exit up to `timeout`; returns the exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "GET", path, &[], "")
+    }
+
+    /// POST /api/v1/publish with the admin token.
+    pub fn publish(&self, channel: &str, event: &str, payload: Value) -> u16 {
+        let body = json!({"channel": channel, "event": event, "payload": payload}).to_string();
+        http(
+            self.admin,
+            "POST",
+            "/api/v1/publish",
+            &[("Authorization", &format!("Bearer {ADMIN}"))],
+            &body,
+        )
+        .0
+    }
+
+    /// A metric's value summed over all label sets matching `name{labels…`.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request: (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn token_with(sub: &str, servers: &[&str], dms: &[&str], ttl_secs: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims =
+        json!({"sub": sub, "exp": now + ttl_secs, "iat": now, "servers": servers, "dms": dms});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn token(sub: &str, servers: &[&str], dms: &[&str]) -> String {
+    token_with(sub, servers, dms, 3600)
+}
+
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+/// What a read returned.
+#[derive(Debug)]
+pub enum Got {
+    Msg(Value),
+    Closed(Option<u16>),
+    Timeout,
+}
+
+impl Client {
+    pub fn connect(gw: &Gateway) -> Client {
+        Self::try_connect(gw.addr, &[]).expect("upgrade")
+    }
+
+    /// Upgrade with extra headers; Err(status) when refused.
+    pub fn try_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Client, u16> {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{addr}/api/v1/ws"
+        ))
+        .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        match tungstenite::client(req, stream) {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                Err(r.status().as_u16())
+            }
+            Err(e) => panic!("handshake failed: {e}"),
+        }
+    }
+
+    /// Connect and complete HELLO; returns the client and HELLO_ACK's payload.
+    pub fn hello(gw: &Gateway, token: &str) -> (Client, Value) {
+        let mut c = Self::connect(gw);
+        c.send(json!({"type": "HELLO", "payload": {"token": token}}));
+        let ack = c.expect("HELLO_ACK");
+        (c, ack)
+    }
+
+    pub fn set_timeout(&mut self, d: Duration) {
+        self.ws.get_ref().set_read_timeout(Some(d)).unwrap();
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string());
+    }
+
+    pub fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s)).unwrap();
+    }
+
+    pub fn next(&mut self) -> Got {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    return Got::Msg(serde_json::from_str(t.as_str()).expect("server sent JSON"))
+                }
+                Ok(Message::Close(f)) => return Got::Closed(f.map(|f| u16::from(f.code))),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return Got::Timeout
+                }
+                Err(_) => return Got::Closed(None),
+            }
+        }
+    }
+
+    /// The next message, which must be of type `ty`; returns its payload.
+    pub fn expect(&mut self, ty: &str) -> Value {
+        match self.next() {
+            Got::Msg(v) => {
+                assert_eq!(v["type"], ty, "expected {ty}, got {v}");
+                v["payload"].clone()
+            }
+            other => panic!("expected {ty}, got {other:?}"),
+        }
+    }
+
+    /// The next message must be an EVENT; returns the whole frame.
+    pub fn expect_event(&mut self) -> Value {
+        match self.next() {
+            Got::Msg(v) => {
+                assert_eq!(v["type"], "EVENT", "expected EVENT, got {v}");
+                v
+            }
+            other => panic!("expected EVENT, got {other:?}"),
+        }
+    }
+
+    /// Read until a close frame; returns its code (messages before it are skipped).
+    pub fn expect_close(&mut self) -> Option<u16> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            match self.next() {
+                Got::Closed(c) => return c,
+                Got::Msg(_) => continue,
+                Got::Timeout => continue,
+            }
+        }
+        panic!("no close within 15 s");
+    }
+
+    /// Nothing arrives within `d`.
+    pub fn expect_silence(&mut self, d: Duration) {
+        self.set_timeout(d);
+        match self.next() {
+            Got::Timeout => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+        self.set_timeout(Duration::from_secs(10));
+    }
+
+    pub fn subscribe(&mut self, channels: &[&str]) -> Value {
+        self.send(json!({"type": "SUBSCRIBE", "payload": {"channels": channels}}));
+        self.expect("SUBSCRIBED")
+    }
+
+    pub fn close(mut self) {
+        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+        let _ = self.ws.flush();
+    }
+}
+
+/// Poll `f` until it is true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
