@@ -366,9 +366,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
     let writer = glommio::spawn_local(writer(shard.clone(), stream.clone(), conn.clone()));
     let mut msgs: VecDeque<Message> = VecDeque::new();
 
-    feed(&shard, &conn, &mut ws, &leftover, &mut msgs);
+    let mut finished = feed(&shard, &conn, &mut ws, &leftover, &mut msgs);
     drop(leftover);
-    loop {
+    while !finished {
         while let Some(m) = msgs.pop_front() {
             if conn.phase.get() == Phase::Closing {
                 msgs.clear();
@@ -381,7 +381,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
             ReadOutcome::Data(n) => {
                 conn.last_rx.set(Instant::now());
                 let scratch = shard.scratch.borrow();
-                feed(&shard, &conn, &mut ws, &scratch[..n], &mut msgs);
+                finished = feed(&shard, &conn, &mut ws, &scratch[..n], &mut msgs);
             }
         }
     }
@@ -395,13 +395,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
 }
 
 /// Run the codec over newly received bytes, collecting complete messages.
+/// Returns true when the closing handshake is complete (the peer answered our close).
 fn feed(
     shard: &Shard,
     conn: &Conn,
     ws: &mut WebSocketContext,
     input: &[u8],
     msgs: &mut VecDeque<Message>,
-) {
+) -> bool {
     let closing = conn.phase.get() == Phase::Closing;
     let mut out = conn.out.borrow_mut();
     let mut io = MemIo {
@@ -442,15 +443,18 @@ fn feed(
     if !conn.out.borrow().is_empty() {
         conn.wake_writer();
     }
-    if let Some((code, send)) = close {
-        // Messages that arrived before the close frame still run.
-        if !send {
-            conn.begin_close(shard, code, false);
-        } else {
+    match close {
+        // The peer's answer to our close frame: the handshake is done.
+        Some((_, false)) if closing => return true,
+        // The peer closes first; messages that arrived before its close still run.
+        Some((code, false)) => conn.begin_close(shard, code, false),
+        Some((code, true)) => {
             msgs.clear();
             conn.begin_close(shard, code, true);
         }
+        None => {}
     }
+    false
 }
 
 fn cleanup(shard: &Shard, conn: &Conn) {

@@ -138,12 +138,17 @@ async fn inbox_loop(shard: Rc<Shard>) {
             }
         }
         let mut n = 0u32;
+        let mut bytes = 0usize;
         while let Some(ev) = shard.inbox.pop_event() {
             fanout::deliver(&shard, &ev);
             n += 1;
-            if n % 64 == 0 {
-                // Let the writers run so one burst does not hold every socket back.
-                glommio::yield_if_needed().await;
+            bytes += ev.frame.len();
+            if n >= 32 || bytes >= 64 * 1024 {
+                // Let the writers drain between slices of a burst: otherwise a burst
+                // larger than --send-queue-bytes would look like a slow consumer.
+                n = 0;
+                bytes = 0;
+                futures_lite::future::yield_now().await;
             }
         }
     }

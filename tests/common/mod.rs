@@ -371,7 +371,11 @@ impl Client {
                 Ok(Message::Text(t)) => {
                     return Got::Msg(serde_json::from_str(t.as_str()).expect("server sent JSON"))
                 }
-                Ok(Message::Close(f)) => return Got::Closed(f.map(|f| u16::from(f.code))),
+                Ok(Message::Close(f)) => {
+                    // Complete the closing handshake, as a well-behaved client does.
+                    let _ = self.ws.flush();
+                    return Got::Closed(f.map(|f| u16::from(f.code)));
+                }
                 Ok(_) => continue,
                 Err(tungstenite::Error::Io(e))
                     if e.kind() == std::io::ErrorKind::WouldBlock

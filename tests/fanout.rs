@@ -1,0 +1,121 @@
+//! Fan-out under pressure: slow consumers, broadcast to thousands, connection limits.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// A client whose socket receive buffer is tiny, so the server's queue fills.
+fn tiny_window_client(addr: SocketAddr, tok: &str) -> Client {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (ws, _) = tungstenite::client(format!("ws://{addr}/api/v1/ws"), stream).unwrap();
+    let mut c = Client { ws };
+    c.send(json!({"type": "HELLO", "payload": {"token": tok}}));
+    c.expect("HELLO_ACK");
+    c
+}
+
+#[test]
+fn slow_consumer_is_closed_4010_while_its_neighbour_keeps_receiving() {
+    let redis = Redis::start();
+    let gw = Gateway::start(&[
+        "--redis",
+        &redis.url(),
+        "--send-queue-bytes",
+        "524288",
+        "--shards",
+        "1",
+    ]);
+    let mut slow = tiny_window_client(gw.addr, &token("slow", &[], &[]));
+    slow.subscribe(&["live:flood"]);
+    let (mut fast, _) = Client::hello(&gw, &token("fast", &[], &[]));
+    fast.subscribe(&["live:flood"]);
+
+    let blob = "x".repeat(16 * 1024);
+    let n = 1500;
+    let reader = std::thread::spawn(move || {
+        for i in 0..n {
+            let ev = match fast.next() {
+                Got::Msg(v) => v,
+                other => panic!("fast neighbour at event {i}: {other:?}"),
+            };
+            assert_eq!(ev["payload"]["payload"]["i"], i);
+        }
+        fast
+    });
+    let mut r = redis.conn().unwrap();
+    // Paced so that a reading client keeps up; the one that never reads cannot.
+    for chunk in 0..60 {
+        std::thread::sleep(Duration::from_millis(10));
+        let mut pipe = redis::pipe();
+        for j in 0..25 {
+            let i = chunk * 25 + j;
+            pipe.cmd("PUBLISH")
+                .arg("events:live:flood")
+                .arg(json!({"type": "blob", "payload": {"i": i, "b": blob}}).to_string())
+                .ignore();
+        }
+        let _: () = pipe.query(&mut r).unwrap();
+    }
+    let _fast = reader
+        .join()
+        .expect("the fast neighbour got every event in order");
+    assert_eq!(slow.expect_close(), Some(4010));
+    assert!(eventually(Duration::from_secs(5), || gw
+        .metric("xcord_connections_closed_total{code=\"4010\"}")
+        == 1.0));
+    assert!(gw.metric("xcord_events_dropped_total{reason=\"slow_consumer\"}") >= 1.0);
+}
+
+#[test]
+fn broadcast_to_2000_connections_each_receives_every_event_once() {
+    let gw = Gateway::start(&[]);
+    let n = 2000;
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let (mut c, _) = Client::hello(&gw, &token(&format!("b{i}"), &[], &[]));
+        c.subscribe(&["live:all"]);
+        clients.push(c);
+    }
+    let events = 5;
+    for k in 0..events {
+        assert_eq!(gw.publish("live:all", "announce", json!({"k": k})), 202);
+    }
+    for c in clients.iter_mut() {
+        let mut last = 0;
+        for k in 0..events {
+            let ev = c.expect_event();
+            assert_eq!(ev["payload"]["payload"]["k"], k);
+            let seq = ev["seq"].as_u64().unwrap();
+            assert!(seq > last);
+            last = seq;
+        }
+    }
+    for c in clients.iter_mut().take(20) {
+        c.expect_silence(Duration::from_millis(20));
+    }
+    assert!(eventually(Duration::from_secs(5), || gw
+        .metric("xcord_events_delivered_total")
+        == (n * events) as f64));
+}
+
+#[test]
+fn max_connections_answers_503_and_readyz_follows() {
+    let gw = Gateway::start(&["--max-connections", "3"]);
+    let mut held: Vec<Client> = (0..3).map(|_| Client::connect(&gw)).collect();
+    assert_eq!(Client::try_connect(gw.addr, &[]).err(), Some(503));
+    assert_eq!(gw.admin_get("/readyz").0, 503);
+    held.pop().unwrap().close();
+    assert!(eventually(Duration::from_secs(5), || Client::try_connect(
+        gw.addr,
+        &[]
+    )
+    .is_ok()));
+}
