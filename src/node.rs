@@ -26,6 +26,9 @@ pub struct Shared {
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     pub bus: Arc<Bus>,
+    pub presence: Arc<crate::presence::Presence>,
+    /// This process's id in the presence keys (`xcord:node:{id}`).
+    pub node_id: String,
     /// Open client connections on the node (for `--max-connections`).
     pub connections: AtomicUsize,
     pub draining: AtomicBool,
@@ -88,11 +91,24 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new(n));
     let inboxes: Vec<Arc<Inbox>> = (0..n).map(|_| Arc::new(Inbox::new(65_536))).collect();
     let bus = Bus::start(cfg.args.redis.as_deref(), inboxes.clone(), metrics.clone())?;
+    let node_id = format!("{:x}-{:08x}", std::process::id(), fastrand::u32(..));
+    let presence = crate::presence::start(
+        crate::presence::Settings {
+            redis_url: cfg.args.redis.clone(),
+            ttl: Duration::from_secs(cfg.args.presence_ttl_seconds),
+            sweep: Duration::from_secs(cfg.args.presence_sweep_seconds),
+            node_id: node_id.clone(),
+        },
+        bus.clone(),
+        metrics.clone(),
+    )?;
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         verifier,
         metrics,
         bus,
+        presence,
+        node_id,
         connections: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
     });

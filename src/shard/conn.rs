@@ -108,6 +108,8 @@ pub struct Conn {
     pub close_code: Cell<Option<u16>>,
     pub closing_since: Cell<Option<Instant>>,
     pub killed: Cell<bool>,
+    /// The peer sent its close frame first.
+    pub peer_closed: Cell<bool>,
     pub last_seq: Cell<u64>,
     pub last_rx: Cell<Instant>,
     pub opened: Instant,
@@ -131,6 +133,7 @@ impl Conn {
             close_code: Cell::new(None),
             closing_since: Cell::new(None),
             killed: Cell::new(false),
+            peer_closed: Cell::new(false),
             last_seq: Cell::new(0),
             last_rx: Cell::new(now),
             opened: now,
@@ -370,7 +373,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
     drop(leftover);
     while !finished {
         while let Some(m) = msgs.pop_front() {
-            if conn.phase.get() == Phase::Closing {
+            // After our own close nothing more runs; after the peer's close, what it
+            // sent before closing still does (a SET_PRESENCE right before leaving).
+            if conn.phase.get() == Phase::Closing && !conn.peer_closed.get() {
                 msgs.clear();
                 break;
             }
@@ -447,7 +452,10 @@ fn feed(
         // The peer's answer to our close frame: the handshake is done.
         Some((_, false)) if closing => return true,
         // The peer closes first; messages that arrived before its close still run.
-        Some((code, false)) => conn.begin_close(shard, code, false),
+        Some((code, false)) => {
+            conn.peer_closed.set(true);
+            conn.begin_close(shard, code, false)
+        }
         Some((code, true)) => {
             msgs.clear();
             conn.begin_close(shard, code, true);
