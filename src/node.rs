@@ -34,6 +34,13 @@ pub struct Shared {
     pub draining: AtomicBool,
 }
 
+impl Shared {
+    /// Tell presence a session is over (used when a resumed session is abandoned).
+    pub fn presence_end(&self, user: &str) -> bool {
+        self.presence.end(user)
+    }
+}
+
 /// The I/O memory glommio registers per executor. We do no file I/O, and the
 /// process may lock only 8 MiB here; the default 10 MiB fails to register.
 const IO_MEMORY: usize = 256 * 1024;
@@ -90,7 +97,22 @@ pub fn run(cfg: Config) -> Result<(), String> {
 
     let metrics = Arc::new(Metrics::new(n));
     let inboxes: Vec<Arc<Inbox>> = (0..n).map(|_| Arc::new(Inbox::new(65_536))).collect();
-    let bus = Bus::start(cfg.args.redis.as_deref(), inboxes.clone(), metrics.clone())?;
+    let (presence_tx, presence_rx) = crate::presence::channel();
+    let limits = crate::bus::ResumeLimits {
+        ring_bytes: if cfg.args.resume_window_seconds == 0 {
+            0
+        } else {
+            cfg.args.replay_buffer_bytes.saturating_mul(n)
+        },
+        max_replay_bytes: cfg.args.send_queue_bytes,
+    };
+    let bus = Bus::start(
+        cfg.args.redis.as_deref(),
+        inboxes.clone(),
+        metrics.clone(),
+        limits,
+        presence_tx.clone(),
+    )?;
     let node_id = format!("{:x}-{:08x}", std::process::id(), fastrand::u32(..));
     let presence = crate::presence::start(
         crate::presence::Settings {
@@ -99,6 +121,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
             sweep: Duration::from_secs(cfg.args.presence_sweep_seconds),
             node_id: node_id.clone(),
         },
+        presence_tx,
+        presence_rx,
         bus.clone(),
         metrics.clone(),
     )?;

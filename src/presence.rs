@@ -57,22 +57,30 @@ pub struct Presence {
 }
 
 impl Presence {
-    fn send(&self, c: Change) {
-        if self.tx.try_send(c).is_err() {
+    fn send(&self, c: Change) -> bool {
+        let ok = self.tx.try_send(c).is_ok();
+        if !ok {
             self.metrics.bus.dropped("publish_failed");
         }
+        ok
+    }
+
+    pub fn end(&self, user: &str) -> bool {
+        self.send(Change::End {
+            user: user.to_owned(),
+        })
     }
 }
 
 pub fn session_started(shard: &Shard, s: &Session) {
-    shard.shared.presence.send(Change::Start {
+    let _ = shard.shared.presence.send(Change::Start {
         user: s.claims.sub.clone(),
         servers: s.claims.servers.clone(),
     });
 }
 
 pub fn session_ended(shard: &Shard, s: &Session) {
-    shard.shared.presence.send(Change::End {
+    let _ = shard.shared.presence.send(Change::End {
         user: s.claims.sub.clone(),
     });
 }
@@ -80,7 +88,7 @@ pub fn session_ended(shard: &Shard, s: &Session) {
 pub fn set_presence(shard: &Shard, conn: &Conn, status: &str) {
     let s = conn.session.borrow();
     let Some(s) = s.as_ref() else { return };
-    shard.shared.presence.send(Change::Set {
+    let _ = shard.shared.presence.send(Change::Set {
         user: s.claims.sub.clone(),
         status: status.to_owned(),
     });
@@ -94,13 +102,19 @@ pub struct Settings {
     pub node_id: String,
 }
 
+/// The queue into the presence thread (made first: the bus router ends sessions too).
+pub fn channel() -> (Sender<Change>, Receiver<Change>) {
+    crossbeam_channel::bounded(100_000)
+}
+
 /// Start the presence thread.
 pub fn start(
     settings: Settings,
+    tx: Sender<Change>,
+    rx: Receiver<Change>,
     bus: Arc<Bus>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<Presence>, String> {
-    let (tx, rx) = crossbeam_channel::bounded(100_000);
     let client = match &settings.redis_url {
         Some(u) => {
             Some(redis::Client::open(u.as_str()).map_err(|e| format!("bad --redis URL: {e}"))?)

@@ -29,6 +29,8 @@ pub fn start(mut router: Router) -> Result<Sender<Published>, String> {
                     Ok(p) => router.route(p.channel.as_bytes(), &p.body),
                     Err(_) => return,
                 },
+                // Idle: still end resume windows on time.
+                default(std::time::Duration::from_millis(500)) => router.apply_routes(),
             }
         })
         .map_err(|e| format!("cannot start the bus thread: {e}"))?;

@@ -17,6 +17,7 @@
 pub mod event;
 pub mod memory;
 pub mod redis;
+pub mod replay;
 
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -25,24 +26,62 @@ use std::time::Instant;
 
 use crate::channels::Trie;
 use crate::metrics::Metrics;
+use crate::presence::Change;
 use crate::shard::inbox::Inbox;
 
 pub use event::Event;
+pub use replay::{Detached, Grant, Resumed};
 
-/// A change to the router's table.
+/// The router-trie value for names held by detached sessions: not a shard, but
+/// events under it are still recorded in the replay ring.
+const PARKED: u8 = 63;
+
+/// A change to the router's table, or a resume request.
 #[derive(Debug)]
 pub enum RouteOp {
-    Add { shard: u8, name: Box<str> },
-    Remove { shard: u8, name: Box<str> },
+    Add {
+        shard: u8,
+        name: Box<str>,
+    },
+    Remove {
+        shard: u8,
+        name: Box<str>,
+    },
+    /// A session whose connection ended uncleanly: keep it for the resume window.
+    /// Queued before the shard's own `Remove`s, so its channels never stop being recorded.
+    Park(Box<Detached>),
+    /// RESUME: answer with a [`Grant`] in `shard`'s inbox.
+    Resume {
+        session_id: String,
+        user: String,
+        seq: u64,
+        shard: u8,
+        conn_key: u32,
+        conn_id: u64,
+    },
 }
 
-/// The router: a channel-prefix trie from names to shard ids, and the `seq` counter.
+/// Limits the router applies to resumes.
+#[derive(Clone, Copy, Debug)]
+pub struct ResumeLimits {
+    /// Ring capacity in bytes (0 disables recording).
+    pub ring_bytes: usize,
+    /// A replay larger than this is refused (it could only end in 4010).
+    pub max_replay_bytes: usize,
+}
+
+/// The router: a channel-prefix trie from names to shard ids, the `seq` counter,
+/// and the resume state.
 pub struct Router {
     trie: Trie<u8>,
     inboxes: Vec<Arc<Inbox>>,
     routes: Receiver<RouteOp>,
     seq: u64,
     metrics: Arc<Metrics>,
+    ring: replay::Ring,
+    parked: replay::Parked,
+    limits: ResumeLimits,
+    presence: Sender<Change>,
 }
 
 impl Router {
@@ -50,6 +89,8 @@ impl Router {
         inboxes: Vec<Arc<Inbox>>,
         routes: Receiver<RouteOp>,
         metrics: Arc<Metrics>,
+        limits: ResumeLimits,
+        presence: Sender<Change>,
     ) -> Router {
         Router {
             trie: Trie::new(),
@@ -57,14 +98,19 @@ impl Router {
             routes,
             seq: 0,
             metrics,
+            ring: replay::Ring::new(limits.ring_bytes),
+            parked: replay::Parked::default(),
+            limits,
+            presence,
         }
     }
 
-    /// Apply every queued route change.
+    /// Apply every queued route change, and end sessions whose window passed.
     pub fn apply_routes(&mut self) {
         while let Ok(op) = self.routes.try_recv() {
             self.apply(op);
         }
+        self.expire(Instant::now());
     }
 
     pub fn apply(&mut self, op: RouteOp) {
@@ -75,6 +121,73 @@ impl Router {
             RouteOp::Remove { shard, name } => {
                 self.trie.remove(&name, shard);
             }
+            RouteOp::Park(d) => {
+                for n in self.parked.park(*d) {
+                    self.trie.insert(&n, PARKED);
+                }
+            }
+            RouteOp::Resume {
+                session_id,
+                user,
+                seq,
+                shard,
+                conn_key,
+                conn_id,
+            } => {
+                let outcome = self.resume(&session_id, &user, seq, shard);
+                if let Some(inbox) = self.inboxes.get(shard as usize) {
+                    inbox.push_grant(Box::new(Grant {
+                        conn_key,
+                        conn_id,
+                        outcome,
+                    }));
+                }
+            }
+        }
+    }
+
+    fn resume(&mut self, session_id: &str, user: &str, seq: u64, shard: u8) -> Option<Resumed> {
+        let d = self.parked.sessions.get(session_id)?;
+        if d.claims.sub != user
+            || d.expires <= Instant::now()
+            || seq > self.seq
+            || self.ring.evicted_max_seq > seq
+        {
+            return None;
+        }
+        let mut names: Trie<u8> = Trie::new();
+        for n in d.names() {
+            names.insert(n, 0);
+        }
+        let replay = self.ring.after(seq, |ch| names.covers(ch));
+        let bytes: usize = replay.iter().map(|e| e.frame.len()).sum();
+        if bytes > self.limits.max_replay_bytes {
+            return None;
+        }
+        let d = self.parked.sessions.remove(session_id)?;
+        // The new shard's routes go in before the next event is routed: the seam.
+        for n in d.names() {
+            self.trie.insert(n, shard);
+        }
+        for n in self.parked.release(&d) {
+            self.trie.remove(&n, PARKED);
+        }
+        Some(Resumed {
+            session: d,
+            replay,
+            s0: self.seq,
+        })
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for d in self.parked.expired(now) {
+            for n in self.parked.release(&d) {
+                self.trie.remove(&n, PARKED);
+            }
+            // The session is over: now the user may go offline.
+            let _ = self.presence.try_send(Change::End {
+                user: d.claims.sub.clone(),
+            });
         }
     }
 
@@ -99,6 +212,10 @@ impl Router {
             return;
         }
         let ev = Arc::new(ev);
+        if self.limits.ring_bytes > 0 {
+            self.ring.push(ev.clone());
+        }
+        mask &= !(1u64 << PARKED);
         while mask != 0 {
             let shard = mask.trailing_zeros() as usize;
             mask &= mask - 1;
@@ -130,9 +247,11 @@ impl Bus {
         redis_url: Option<&str>,
         inboxes: Vec<Arc<Inbox>>,
         metrics: Arc<Metrics>,
+        limits: ResumeLimits,
+        presence: Sender<Change>,
     ) -> Result<Arc<Bus>, String> {
         let (routes_tx, routes_rx) = crossbeam_channel::unbounded();
-        let router = Router::new(inboxes, routes_rx, metrics.clone());
+        let router = Router::new(inboxes, routes_rx, metrics.clone(), limits, presence);
         let kind = match redis_url {
             None => BusKind::Memory(memory::start(router)?),
             Some(url) => BusKind::Redis(redis::start(url, router, metrics.clone())?),
@@ -150,6 +269,11 @@ impl Bus {
             shard: shard as u8,
             name: name.into(),
         });
+    }
+
+    /// Queue a route operation (park, resume).
+    pub fn route_op(&self, op: RouteOp) {
+        let _ = self.routes.send(op);
     }
 
     pub fn remove_route(&self, shard: usize, name: &str) {

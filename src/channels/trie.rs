@@ -109,6 +109,11 @@ impl<V: Copy + Eq + Hash> Trie<V> {
         }
     }
 
+    /// Whether any value is subscribed exactly at `name`.
+    pub fn covers_exactly(&self, name: &str) -> bool {
+        self.node(name).is_some_and(|n| !n.subs.is_empty())
+    }
+
     /// Whether `value` is subscribed exactly at `name`.
     pub fn contains(&self, name: &str, value: V) -> bool {
         self.node(name).is_some_and(|n| n.subs.contains(&value))

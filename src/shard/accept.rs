@@ -211,7 +211,9 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
         shared.connections.fetch_sub(1, Relaxed);
         return;
     }
-    let conn = Rc::new(Conn::new(ip, claims));
+    let id = shard.next_conn_id.get();
+    shard.next_conn_id.set(id + 1);
+    let conn = Rc::new(Conn::new(id, ip, claims));
     {
         let mut conns = shard.conns.borrow_mut();
         let entry = conns.vacant_entry();

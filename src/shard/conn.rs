@@ -96,6 +96,7 @@ pub struct Session {
 
 pub struct Conn {
     pub key: Cell<u32>,
+    pub id: u64,
     pub ip: IpAddr,
     pub out: RefCell<Vec<u8>>,
     /// Bytes handed to the writer and not yet written.
@@ -116,12 +117,15 @@ pub struct Conn {
     /// Claims from a valid `Authorization: Bearer` header on the upgrade.
     pub header_claims: RefCell<Option<Claims>>,
     pub session: RefCell<Option<Session>>,
+    /// A RESUME is waiting for its grant; holds the (verified) token's claims.
+    pub resuming: RefCell<Option<Claims>>,
 }
 
 impl Conn {
-    pub fn new(ip: IpAddr, header_claims: Option<Claims>) -> Conn {
+    pub fn new(id: u64, ip: IpAddr, header_claims: Option<Claims>) -> Conn {
         let now = Instant::now();
         Conn {
+            id,
             key: Cell::new(u32::MAX),
             ip,
             out: RefCell::new(Vec::new()),
@@ -139,6 +143,7 @@ impl Conn {
             opened: now,
             header_claims: RefCell::new(header_claims),
             session: RefCell::new(None),
+            resuming: RefCell::new(None),
         }
     }
 
@@ -468,6 +473,27 @@ fn feed(
 fn cleanup(shard: &Shard, conn: &Conn) {
     let key = conn.key.get();
     if let Some(s) = conn.session.borrow_mut().take() {
+        let code = conn.close_code.get().unwrap_or(codes::ABNORMAL);
+        let window = shard.shared.cfg.args.resume_window_seconds;
+        // SPEC §8: any end but a client close 1000 or an auth close 4004 keeps the
+        // session for the resume window (not on a draining node: it is going away).
+        let park = window > 0
+            && code != codes::NORMAL
+            && code != codes::AUTH_FAILED
+            && !shard.draining.fired();
+        if park {
+            // Queued before the Removes below: the channels stay recorded.
+            shard
+                .shared
+                .bus
+                .route_op(crate::bus::RouteOp::Park(Box::new(crate::bus::Detached {
+                    session_id: s.session_id.clone(),
+                    claims: s.claims.clone(),
+                    auto_sub: s.auto_sub.clone(),
+                    subs: s.subs.iter().cloned().collect(),
+                    expires: Instant::now() + Duration::from_secs(window),
+                })));
+        }
         for name in s.subs.iter() {
             shard.unsubscribe(name, key);
         }
@@ -475,7 +501,9 @@ fn cleanup(shard: &Shard, conn: &Conn) {
         for (ch, _) in s.typing.iter() {
             publish_typing(shard, &s.claims.sub, ch, false);
         }
-        crate::presence::session_ended(shard, &s);
+        if !park && !shard.draining.fired() {
+            crate::presence::session_ended(shard, &s);
+        }
     }
     shard.conns.borrow_mut().try_remove(key as usize);
     let m = shard.metrics();
@@ -502,9 +530,13 @@ async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, m: Message) {
                 shard.metrics().command("HELLO");
                 hello(shard, conn, token).await
             }
-            Ok(ClientMsg::Resume { token, .. }) => {
+            Ok(ClientMsg::Resume {
+                token,
+                session_id,
+                seq,
+            }) => {
                 shard.metrics().command("RESUME");
-                resume(shard, conn, token).await
+                resume(shard, conn, token, session_id, seq).await
             }
             Err(e) if e.is_handshake() => conn.begin_close(shard, codes::AUTH_FAILED, true),
             _ => conn.begin_close(shard, codes::NOT_AUTHENTICATED, true),
@@ -642,14 +674,95 @@ fn start_session(shard: &Rc<Shard>, conn: &Rc<Conn>, claims: Claims, session_id:
     conn.send_json(shard, &ack);
 }
 
-async fn resume(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
-    if authenticate(shard, conn, token).is_none() {
+async fn resume(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    token: Option<String>,
+    session_id: String,
+    seq: u64,
+) {
+    let Some(claims) = authenticate(shard, conn, token) else {
         conn.begin_close(shard, codes::AUTH_FAILED, true);
         return;
+    };
+    if conn.resuming.borrow().is_some() {
+        return; // one RESUME at a time
     }
-    // No session is kept across connections yet: every resume is unknown, and the
-    // client starts over with HELLO on this connection (SPEC §8's fallback).
-    conn.send_json(shard, &msg::encode("INVALID_SESSION", msg::Empty {}));
+    let user = claims.sub.clone();
+    *conn.resuming.borrow_mut() = Some(claims);
+    // The bus thread answers in this shard's inbox, in order with its events.
+    shard.shared.bus.route_op(crate::bus::RouteOp::Resume {
+        session_id,
+        user,
+        seq,
+        shard: shard.id as u8,
+        conn_key: conn.key.get(),
+        conn_id: conn.id,
+    });
+}
+
+/// Give back the routes a grant added for a session nobody takes, and end it.
+fn abandon(shard: &Shard, r: &crate::bus::Resumed) {
+    for n in r.session.names() {
+        if !shard.trie.borrow().covers_exactly(n) {
+            shard.shared.bus.remove_route(shard.id, n);
+        }
+    }
+    let _ = shard.shared.presence_end(&r.session.claims.sub);
+}
+
+/// A RESUME's answer, applied in inbox order: every event before it is in the
+/// replay, every event after it is live.
+pub fn apply_grant(shard: &Rc<Shard>, g: crate::bus::Grant) {
+    let conn = shard.conns.borrow().get(g.conn_key as usize).cloned();
+    let conn = conn.filter(|c| c.id == g.conn_id);
+    let claims = conn.as_ref().and_then(|c| c.resuming.borrow_mut().take());
+    let (Some(conn), Some(claims)) = (conn, claims) else {
+        // The connection is gone.
+        if let Some(r) = &g.outcome {
+            abandon(shard, r);
+        }
+        return;
+    };
+    let Some(r) = g.outcome else {
+        conn.send_json(shard, &msg::encode("INVALID_SESSION", msg::Empty {}));
+        return;
+    };
+    if conn.phase.get() != Phase::AwaitHello {
+        // A HELLO (or a close) got there first: the old session ends here.
+        abandon(shard, &r);
+        return;
+    }
+    let key = conn.key.get();
+    let d = r.session;
+    shard.subscribe(&d.auto_sub, key);
+    for n in &d.subs {
+        shard.subscribe(n, key);
+    }
+    let replayed = r.replay.len() as u64;
+    for ev in &r.replay {
+        conn.push_event(shard, &ev.frame, ev.received);
+    }
+    conn.last_seq.set(r.s0);
+    let session = Session {
+        session_id: d.session_id,
+        claims,
+        auto_sub: d.auto_sub,
+        subs: d.subs.into_iter().collect(),
+        rate: RateWindow::new(Instant::now()),
+        typing: Vec::new(),
+    };
+    let reply = msg::encode(
+        "RESUMED",
+        msg::Resumed {
+            session_id: &session.session_id,
+            replayed,
+        },
+    );
+    *conn.session.borrow_mut() = Some(session);
+    conn.phase.set(Phase::Ready);
+    conn.last_rx.set(Instant::now());
+    conn.send_json(shard, &reply);
 }
 
 fn refresh(shard: &Rc<Shard>, conn: &Rc<Conn>, token: &str) {

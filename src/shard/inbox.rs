@@ -1,19 +1,25 @@
 //! The lock-free mailbox from other threads (the bus router, the node) into one shard.
 //!
-//! Events go into a bounded `ArrayQueue`: the router never waits on a shard — a full
-//! queue drops the event and counts it (`queue_full`), because Redis disconnects a
-//! pub/sub client that falls 32 MB behind and that would lose far more.
+//! One ordered queue carries events and resume grants, because a grant's place
+//! among the events is the resume seam (SPEC §8): everything before it is replayed
+//! from the grant, everything after it arrives live. Events are bounded (65 536 by
+//! default): the router never waits on a shard — a full inbox drops the event and
+//! counts it (`queue_full`), because Redis disconnects a pub/sub client that falls
+//! 32 MB behind and that would lose far more. Grants are never dropped.
+//!
 //! The shard's inbox task sleeps on an `AtomicWaker`; a producer wakes it after a
 //! push. glommio turns a wake from a foreign thread into an eventfd notification,
 //! and the waker is taken on wake, so a busy shard costs producers no syscall.
 
 use atomic_waker::AtomicWaker;
-use crossbeam_queue::{ArrayQueue, SegQueue};
+use crossbeam_queue::SegQueue;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
 use crate::bus::event::Event;
+use crate::bus::Grant;
 
 /// Control messages for a shard.
 #[derive(Debug)]
@@ -22,8 +28,18 @@ pub enum Ctl {
     Drain,
 }
 
+/// What flows from the router to a shard, in order.
+pub enum Item {
+    Event(Arc<Event>),
+    Grant(Box<Grant>),
+}
+
 pub struct Inbox {
-    events: ArrayQueue<Arc<Event>>,
+    items: SegQueue<Item>,
+    events: AtomicUsize,
+    capacity: usize,
+    /// Highest seq this shard lost to a full inbox (resume must not paper over it).
+    pub last_dropped_seq: AtomicU64,
     ctl: SegQueue<Ctl>,
     waker: AtomicWaker,
 }
@@ -31,17 +47,32 @@ pub struct Inbox {
 impl Inbox {
     pub fn new(capacity: usize) -> Inbox {
         Inbox {
-            events: ArrayQueue::new(capacity.max(16)),
+            items: SegQueue::new(),
+            events: AtomicUsize::new(0),
+            capacity: capacity.max(16),
+            last_dropped_seq: AtomicU64::new(0),
             ctl: SegQueue::new(),
             waker: AtomicWaker::new(),
         }
     }
 
-    /// Queue an event; `false` if the queue is full (the caller counts the drop).
+    /// Queue an event; `false` if the inbox is full (the caller counts the drop).
     pub fn push_event(&self, e: Arc<Event>) -> bool {
-        let ok = self.events.push(e).is_ok();
+        if self.events.load(Ordering::Relaxed) >= self.capacity {
+            self.last_dropped_seq.fetch_max(e.seq, Ordering::Relaxed);
+            self.waker.wake();
+            return false;
+        }
+        self.events.fetch_add(1, Ordering::Relaxed);
+        self.items.push(Item::Event(e));
         self.waker.wake();
-        ok
+        true
+    }
+
+    /// Queue a resume grant (never dropped).
+    pub fn push_grant(&self, g: Box<Grant>) {
+        self.items.push(Item::Grant(g));
+        self.waker.wake();
     }
 
     pub fn push_ctl(&self, c: Ctl) {
@@ -49,8 +80,12 @@ impl Inbox {
         self.waker.wake();
     }
 
-    pub fn pop_event(&self) -> Option<Arc<Event>> {
-        self.events.pop()
+    pub fn pop(&self) -> Option<Item> {
+        let item = self.items.pop()?;
+        if matches!(item, Item::Event(_)) {
+            self.events.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(item)
     }
 
     pub fn pop_ctl(&self) -> Option<Ctl> {
@@ -60,11 +95,11 @@ impl Inbox {
     /// Wait until something is queued.
     pub async fn ready(&self) {
         poll_fn(|cx| {
-            if !self.events.is_empty() || !self.ctl.is_empty() {
+            if !self.items.is_empty() || !self.ctl.is_empty() {
                 return Poll::Ready(());
             }
             self.waker.register(cx.waker());
-            if !self.events.is_empty() || !self.ctl.is_empty() {
+            if !self.items.is_empty() || !self.ctl.is_empty() {
                 Poll::Ready(())
             } else {
                 Poll::Pending

@@ -28,7 +28,7 @@ use crate::metrics::{latency_histogram, ShardMetrics};
 use crate::node::Shared;
 use crate::protocol::codes;
 use conn::{Conn, Phase};
-use inbox::{Ctl, Inbox};
+use inbox::{Ctl, Inbox, Item};
 
 /// A one-shot, single-threaded signal: `wait` resolves once `fire` was called.
 #[derive(Default)]
@@ -74,6 +74,8 @@ pub struct Shard {
     pub latency: RefCell<Histogram<u64>>,
     pub draining: Signal,
     pub drained: Signal,
+    /// Connection ids, never reused (slab keys are): a resume grant names both.
+    pub next_conn_id: Cell<u64>,
 }
 
 impl Shard {
@@ -117,6 +119,7 @@ pub async fn run(id: usize, shared: Arc<Shared>, inbox: Arc<Inbox>, listener: Tc
         latency: RefCell::new(latency_histogram()),
         draining: Signal::default(),
         drained: Signal::default(),
+        next_conn_id: Cell::new(1),
     });
     glommio::spawn_local(accept::accept_loop(shard.clone(), listener)).detach();
     glommio::spawn_local(sweep_loop(shard.clone())).detach();
@@ -139,10 +142,15 @@ async fn inbox_loop(shard: Rc<Shard>) {
         }
         let mut n = 0u32;
         let mut bytes = 0usize;
-        while let Some(ev) = shard.inbox.pop_event() {
-            fanout::deliver(&shard, &ev);
-            n += 1;
-            bytes += ev.frame.len();
+        while let Some(item) = shard.inbox.pop() {
+            match item {
+                Item::Event(ev) => {
+                    fanout::deliver(&shard, &ev);
+                    n += 1;
+                    bytes += ev.frame.len();
+                }
+                Item::Grant(g) => conn::apply_grant(&shard, *g),
+            }
             if n >= 32 || bytes >= 64 * 1024 {
                 // Let the writers drain between slices of a burst: otherwise a burst
                 // larger than --send-queue-bytes would look like a slow consumer.

@@ -1,0 +1,217 @@
+//! Resume state (SPEC §8), owned by the bus thread: the replay ring and the sessions
+//! waiting to be resumed.
+//!
+//! The ring keeps the most recent events that had somewhere to go on this node (an
+//! attached subscriber on some shard, or a detached session), as the same `Arc`s the
+//! shards fan out — the frames are not copied, and nothing is done per subscriber.
+//! It is bounded by bytes (`--replay-buffer-bytes` × shards: the per-shard budget,
+//! pooled). `evicted_max_seq` remembers how far eviction has reached, so a resume
+//! from an older `seq` is refused whole (`INVALID_SESSION`) instead of replayed in
+//! part.
+//!
+//! Because the bus thread both stamps `seq` and answers resumes, the seam is exact:
+//! a grant carries every covered event with `client_seq < seq ≤ s0`, and the routes
+//! to the new shard are in place before event `s0 + 1` is routed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Event;
+use crate::auth::Claims;
+
+/// A session whose connection ended uncleanly, kept for `--resume-window-seconds`.
+#[derive(Debug, Clone)]
+pub struct Detached {
+    pub session_id: String,
+    pub claims: Claims,
+    /// `user:{sub}`.
+    pub auto_sub: String,
+    /// Explicit subscriptions (normalised names).
+    pub subs: Vec<String>,
+    pub expires: Instant,
+}
+
+impl Detached {
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.auto_sub.as_str()).chain(self.subs.iter().map(|s| s.as_str()))
+    }
+}
+
+/// What a shard gets back for a RESUME, in order with its events.
+pub struct Grant {
+    pub conn_key: u32,
+    pub conn_id: u64,
+    pub outcome: Option<Resumed>,
+}
+
+pub struct Resumed {
+    pub session: Detached,
+    pub replay: Vec<Arc<Event>>,
+    /// The last seq covered by the replay; live delivery starts after it.
+    pub s0: u64,
+}
+
+const EVENT_OVERHEAD: usize = 96;
+
+fn cost(e: &Event) -> usize {
+    e.frame.len() + e.channel.len() + EVENT_OVERHEAD
+}
+
+pub struct Ring {
+    events: VecDeque<Arc<Event>>,
+    bytes: usize,
+    cap: usize,
+    pub evicted_max_seq: u64,
+}
+
+impl Ring {
+    pub fn new(cap: usize) -> Ring {
+        Ring {
+            events: VecDeque::new(),
+            bytes: 0,
+            cap,
+            evicted_max_seq: 0,
+        }
+    }
+
+    pub fn push(&mut self, e: Arc<Event>) {
+        self.bytes += cost(&e);
+        self.events.push_back(e);
+        while self.bytes > self.cap {
+            match self.events.pop_front() {
+                Some(old) => {
+                    self.bytes -= cost(&old);
+                    self.evicted_max_seq = self.evicted_max_seq.max(old.seq);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Events with `seq > after` whose channel `covers` accepts, oldest first.
+    pub fn after(&self, after: u64, mut covers: impl FnMut(&str) -> bool) -> Vec<Arc<Event>> {
+        let start = self.events.partition_point(|e| e.seq <= after);
+        self.events
+            .range(start..)
+            .filter(|e| covers(&e.channel))
+            .cloned()
+            .collect()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Detached sessions by id, and how many of them hold each name (for the router's
+/// "detached" routes, which keep their channels recorded in the ring).
+#[derive(Default)]
+pub struct Parked {
+    pub sessions: HashMap<String, Detached>,
+    pub names: HashMap<String, u32>,
+    pub next_expiry: Option<Instant>,
+}
+
+impl Parked {
+    /// Park a session; returns the names that gained their first holder.
+    pub fn park(&mut self, d: Detached) -> Vec<String> {
+        let mut first = Vec::new();
+        for n in d.names() {
+            let c = self.names.entry(n.to_owned()).or_insert(0);
+            *c += 1;
+            if *c == 1 {
+                first.push(n.to_owned());
+            }
+        }
+        self.next_expiry = Some(self.next_expiry.map_or(d.expires, |t| t.min(d.expires)));
+        if let Some(old) = self.sessions.insert(d.session_id.clone(), d) {
+            // The same session parked twice (should not happen): drop the old names.
+            let _ = self.release(&old);
+        }
+        first
+    }
+
+    /// Unpark; returns the names that lost their last holder.
+    pub fn release(&mut self, d: &Detached) -> Vec<String> {
+        let mut last = Vec::new();
+        for n in d.names() {
+            if let Some(c) = self.names.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    self.names.remove(n);
+                    last.push(n.to_owned());
+                }
+            }
+        }
+        last
+    }
+
+    /// Sessions whose window has passed.
+    pub fn expired(&mut self, now: Instant) -> Vec<Detached> {
+        if self.next_expiry.is_none_or(|t| t > now) {
+            return Vec::new();
+        }
+        let ids: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, d)| d.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let out: Vec<Detached> = ids
+            .iter()
+            .filter_map(|id| self.sessions.remove(id))
+            .collect();
+        self.next_expiry = self.sessions.values().map(|d| d.expires).min();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, ch: &str, n: usize) -> Arc<Event> {
+        Arc::new(Event {
+            seq,
+            channel: ch.into(),
+            frame: vec![0u8; n].into_boxed_slice(),
+            received: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn ring_evicts_by_bytes_and_remembers_how_far() {
+        let mut r = Ring::new(3 * (100 + 3 + EVENT_OVERHEAD));
+        for s in 1..=5 {
+            r.push(ev(s, "a:b", 100));
+        }
+        assert_eq!(r.evicted_max_seq, 2);
+        let got: Vec<u64> = r.after(3, |_| true).iter().map(|e| e.seq).collect();
+        assert_eq!(got, vec![4, 5]);
+        let got: Vec<u64> = r.after(0, |c| c == "a:b").iter().map(|e| e.seq).collect();
+        assert_eq!(got, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn parking_counts_names() {
+        let claims = crate::auth::claims_for("u", &[], &[], 60);
+        let d = |id: &str| Detached {
+            session_id: id.into(),
+            claims: claims.clone(),
+            auto_sub: "user:u".into(),
+            subs: vec!["live:x".into()],
+            expires: Instant::now(),
+        };
+        let mut p = Parked::default();
+        assert_eq!(p.park(d("a")).len(), 2);
+        assert!(p.park(d("b")).is_empty());
+        let a = p.sessions.remove("a").unwrap();
+        assert!(p.release(&a).is_empty());
+        assert_eq!(
+            p.expired(Instant::now() + std::time::Duration::from_secs(1))
+                .len(),
+            1
+        );
+    }
+}
