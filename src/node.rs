@@ -32,6 +32,57 @@ pub struct Shared {
     /// Open client connections on the node (for `--max-connections`).
     pub connections: AtomicUsize,
     pub draining: AtomicBool,
+    /// `--max-connections-per-ip` bookkeeping.
+    pub per_ip: PerIp,
+}
+
+/// Connections per client address (SPEC §8). Touched at connection set-up and
+/// teardown only — never on the fan-out path — so a mutex is fine here.
+pub struct PerIp {
+    limit: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerIp {
+    pub fn new(limit: usize) -> PerIp {
+        PerIp {
+            limit,
+            counts: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Count a connection from `ip`; false when the limit is reached (0 = off).
+    pub fn acquire(&self, ip: std::net::IpAddr) -> bool {
+        if self.limit == 0 {
+            return true;
+        }
+        let mut m = match self.counts.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let c = m.entry(ip).or_insert(0);
+        if *c >= self.limit {
+            return false;
+        }
+        *c += 1;
+        true
+    }
+
+    pub fn release(&self, ip: std::net::IpAddr) {
+        if self.limit == 0 {
+            return;
+        }
+        let mut m = match self.counts.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(c) = m.get_mut(&ip) {
+            *c -= 1;
+            if *c == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -135,6 +186,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         node_id,
         connections: AtomicUsize::new(0),
         draining: AtomicBool::new(false),
+        per_ip: PerIp::new(cfg.args.max_connections_per_ip),
     });
     crate::admin::start(cfg.args.admin_listen, shared.clone())?;
 

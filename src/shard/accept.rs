@@ -1,26 +1,76 @@
-//! Accepting clients: the shard's listener, the HTTP/1.1 upgrade, and the checks
-//! that happen before it (SPEC §2, §3): path (404), Authorization header (401),
-//! node at `--max-connections` or draining (503).
+//! Accepting clients: the shard's listener, the PROXY protocol, the HTTP/1.1
+//! upgrade, and the checks that happen before it (SPEC §2, §3, §8): path (404),
+//! Authorization header (401), per-IP limit (429), node at `--max-connections` or
+//! draining (503).
 //!
-//! The request head is read with a deadline and a size cap, so a slow or silent
-//! client (slowloris) holds one small task, not the shard. The upgrade itself is
-//! RFC 6455 §4.2 with tungstenite's accept-key derivation.
+//! Slow or silent clients (slowloris, half-open floods) cannot exhaust a shard: the
+//! request head is read with a deadline (`--hello-timeout-ms`, at most 10 s) and a
+//! size cap, each handshake is one small task, and past `MAX_HANDSHAKES` pending
+//! handshakes per shard the oldest is dropped to make room — so a new, fast client
+//! always gets through. The upgrade itself is RFC 6455 §4.2 with tungstenite's
+//! accept-key derivation.
+//!
+//! Client address: the peer, unless the peer is in `--trusted-proxies`; then a
+//! PROXY v1/v2 header (if it sent one) and then `X-Forwarded-For` (right-most entry
+//! that is not itself trusted) decide. A PROXY header from an untrusted peer closes
+//! the connection.
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
+use std::cell::Cell;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::conn::{self, Conn};
 use super::Shard;
 use crate::auth::Claims;
+use crate::config::Cidr;
 
 const MAX_HEAD: usize = 8 * 1024;
+/// Pending handshakes per shard before the oldest is shed.
+pub const MAX_HANDSHAKES: usize = 2048;
+
+const PROXY_V1: &[u8] = b"PROXY ";
+const PROXY_V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A pending handshake; the shard may shed it.
+#[derive(Default)]
+pub struct HandshakeSlot {
+    shed: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// Pending handshakes of one shard, oldest first.
+#[derive(Default)]
+pub struct Handshakes {
+    slots: std::cell::RefCell<VecDeque<Weak<HandshakeSlot>>>,
+}
+
+impl Handshakes {
+    fn admit(&self) -> Rc<HandshakeSlot> {
+        let slot = Rc::new(HandshakeSlot::default());
+        let mut q = self.slots.borrow_mut();
+        q.retain(|w| w.strong_count() > 0);
+        while q.len() >= MAX_HANDSHAKES {
+            if let Some(old) = q.pop_front().and_then(|w| w.upgrade()) {
+                old.shed.set(true);
+                if let Some(w) = old.waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        q.push_back(Rc::downgrade(&slot));
+        slot
+    }
+}
 
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     let mut last_warn: Option<Instant> = None;
@@ -33,7 +83,8 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match next {
             None => break,
             Some(Ok(stream)) => {
-                glommio::spawn_local(handle(shard.clone(), stream)).detach();
+                let slot = shard.handshakes.admit();
+                glommio::spawn_local(handle(shard.clone(), stream, slot)).detach();
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off a little instead of spinning.
@@ -47,8 +98,24 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-async fn read_into(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, buf)).await
+async fn read_into(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    slot: &HandshakeSlot,
+) -> io::Result<usize> {
+    poll_fn(|cx| {
+        if slot.shed.get() {
+            return Poll::Ready(Err(io::Error::other("shed")));
+        }
+        match Pin::new(&mut *stream).poll_read(cx, buf) {
+            Poll::Pending => {
+                slot.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+            r => r,
+        }
+    })
+    .await
 }
 
 async fn write_all(stream: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
@@ -73,29 +140,114 @@ async fn respond(stream: &mut TcpStream, status: &str, body: &str) {
     .await;
 }
 
-/// Read the request head; returns (head length, all bytes read).
-async fn read_head(stream: &mut TcpStream) -> io::Result<(usize, Vec<u8>)> {
+fn trusted(proxies: &[Cidr], ip: IpAddr) -> bool {
+    proxies.iter().any(|c| c.contains(ip))
+}
+
+/// What the connection's first bytes said.
+struct Head {
+    /// Bytes read, PROXY header removed.
+    bytes: Vec<u8>,
+    /// Length of the HTTP request head within `bytes`.
+    head_len: usize,
+    /// Source address from a PROXY header.
+    proxied: Option<IpAddr>,
+}
+
+/// Parse a complete PROXY header at the start of `buf`: (its length, source address).
+/// `Ok(None)`: more bytes needed.
+fn parse_proxy(buf: &[u8]) -> Result<Option<(usize, Option<IpAddr>)>, ()> {
+    use ppp::PartialResult;
+    let r = ppp::HeaderResult::parse(buf);
+    if r.is_incomplete() {
+        return Ok(None);
+    }
+    match r {
+        ppp::HeaderResult::V1(Ok(h)) => {
+            let ip = match h.addresses {
+                ppp::v1::Addresses::Tcp4(a) => Some(IpAddr::V4(a.source_address)),
+                ppp::v1::Addresses::Tcp6(a) => Some(IpAddr::V6(a.source_address)),
+                ppp::v1::Addresses::Unknown => None,
+            };
+            Ok(Some((h.header.len(), ip)))
+        }
+        ppp::HeaderResult::V2(Ok(h)) => {
+            let ip = match h.addresses {
+                ppp::v2::Addresses::IPv4(a) => Some(IpAddr::V4(a.source_address)),
+                ppp::v2::Addresses::IPv6(a) => Some(IpAddr::V6(a.source_address)),
+                _ => None,
+            };
+            Ok(Some((h.len(), ip)))
+        }
+        _ => Err(()),
+    }
+}
+
+/// Read an optional PROXY header (trusted peers only) and the request head.
+async fn read_head(
+    stream: &mut TcpStream,
+    peer_trusted: bool,
+    slot: &HandshakeSlot,
+) -> io::Result<Head> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
     let mut buf = vec![0u8; 2048];
     let mut len = 0;
+    let mut start = 0; // where the HTTP request begins
+    let mut proxied = None;
+    let mut proxy_done = false;
     loop {
         if len == buf.len() {
-            if buf.len() >= MAX_HEAD {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "request head too large",
-                ));
+            if buf.len() >= MAX_HEAD + 256 {
+                return Err(bad("request head too large"));
             }
-            buf.resize((buf.len() * 2).min(MAX_HEAD), 0);
+            buf.resize((buf.len() * 2).min(MAX_HEAD + 256), 0);
         }
-        let n = read_into(stream, &mut buf[len..]).await?;
+        let n = read_into(stream, &mut buf[len..], slot).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let from = len.saturating_sub(3);
         len += n;
-        if let Some(p) = buf[from..len].windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.truncate(len);
-            return Ok((from + p + 4, buf));
+        if !proxy_done {
+            let seen = &buf[..len];
+            let maybe_v1 = seen.len() < PROXY_V1.len() && PROXY_V1.starts_with(seen)
+                || seen.starts_with(PROXY_V1);
+            let maybe_v2 = seen.len() < PROXY_V2.len() && PROXY_V2.starts_with(seen)
+                || seen.starts_with(PROXY_V2);
+            if maybe_v1 || maybe_v2 {
+                let complete_prefix = seen.starts_with(PROXY_V1) || seen.starts_with(PROXY_V2);
+                if complete_prefix && !peer_trusted {
+                    return Err(bad("PROXY header from an untrusted peer"));
+                }
+                if !complete_prefix {
+                    continue; // could still be either
+                }
+                match parse_proxy(seen) {
+                    Ok(None) => continue,
+                    Ok(Some((hlen, ip))) => {
+                        start = hlen;
+                        proxied = ip;
+                        proxy_done = true;
+                    }
+                    Err(()) => return Err(bad("malformed PROXY header")),
+                }
+            } else {
+                proxy_done = true;
+            }
+        }
+        if proxy_done {
+            let from = start;
+            if let Some(p) = buf[from..len].windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.truncate(len);
+                let bytes = buf.split_off(start);
+                return Ok(Head {
+                    bytes,
+                    head_len: p + 4,
+                    proxied,
+                });
+            }
+            if len - start > MAX_HEAD {
+                return Err(bad("request head too large"));
+            }
         }
     }
 }
@@ -112,15 +264,30 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
+/// The right-most X-Forwarded-For entry that is not a trusted proxy.
+pub fn client_from_xff(xff: &str, proxies: &[Cidr]) -> Option<IpAddr> {
+    let entries: Vec<IpAddr> = xff
+        .split(',')
+        .filter_map(|e| e.trim().parse().ok())
+        .collect();
+    entries
+        .iter()
+        .rev()
+        .find(|ip| !trusted(proxies, **ip))
+        .or(entries.first())
+        .copied()
+}
+
 enum Decision {
     Upgrade {
         accept_key: String,
         claims: Option<Claims>,
+        ip: IpAddr,
     },
     Refuse(&'static str, &'static str),
 }
 
-fn decide(shard: &Shard, head: &[u8]) -> Decision {
+fn decide(shard: &Shard, head: &[u8], mut ip: IpAddr) -> Decision {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -149,6 +316,14 @@ fn decide(shard: &Shard, head: &[u8]) -> Decision {
     let Some(key) = header(&req, "sec-websocket-key") else {
         return Decision::Refuse("400 Bad Request", "missing Sec-WebSocket-Key\n");
     };
+    let proxies = &shard.shared.cfg.args.trusted_proxies;
+    if trusted(proxies, ip) {
+        if let Some(client) =
+            header(&req, "x-forwarded-for").and_then(|x| client_from_xff(x, proxies))
+        {
+            ip = client;
+        }
+    }
     let claims = match header(&req, "authorization") {
         None => None,
         Some(v) => {
@@ -165,36 +340,61 @@ fn decide(shard: &Shard, head: &[u8]) -> Decision {
     Decision::Upgrade {
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         claims,
+        ip,
     }
 }
 
-async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>) {
     let _ = stream.set_nodelay(true);
-    let ip = match stream.peer_addr() {
+    let peer = match stream.peer_addr() {
         Ok(a) => a.ip(),
         Err(_) => return,
     };
     let cfg = &shard.shared.cfg;
+    let peer_trusted = trusted(&cfg.args.trusted_proxies, peer);
     let deadline = cfg.hello_timeout().min(Duration::from_secs(10));
-    let head = glommio::timer::timeout(deadline, async { Ok(read_head(&mut stream).await) }).await;
-    let (head_len, bytes) = match head {
+    let head = glommio::timer::timeout(deadline, async {
+        Ok(read_head(&mut stream, peer_trusted, &slot).await)
+    })
+    .await;
+    drop(slot); // no longer a pending handshake
+    let Head {
+        bytes,
+        head_len,
+        proxied,
+    } = match head {
         Ok(Ok(h)) => h,
-        _ => return, // timed out, closed, or oversized: just drop the socket
+        _ => return, // timed out, shed, closed, oversized, or an untrusted PROXY header
     };
-    let decision = decide(&shard, &bytes[..head_len]);
-    let (accept_key, claims) = match decision {
+    let (accept_key, claims, ip) = match decide(&shard, &bytes[..head_len], proxied.unwrap_or(peer))
+    {
         Decision::Refuse(status, body) => {
             shard.metrics().rejected_http.fetch_add(1, Relaxed);
             respond(&mut stream, status, body).await;
             return;
         }
-        Decision::Upgrade { accept_key, claims } => (accept_key, claims),
+        Decision::Upgrade {
+            accept_key,
+            claims,
+            ip,
+        } => (accept_key, claims, ip),
     };
     let shared = &shard.shared;
+    if !shared.per_ip.acquire(ip) {
+        shard.metrics().rejected_http.fetch_add(1, Relaxed);
+        respond(
+            &mut stream,
+            "429 Too Many Requests",
+            "too many connections from this address\n",
+        )
+        .await;
+        return;
+    }
     if shard.draining.fired() || shared.connections.fetch_add(1, Relaxed) >= cfg.max_connections {
         if !shard.draining.fired() {
             shared.connections.fetch_sub(1, Relaxed);
         }
+        shared.per_ip.release(ip);
         shard.metrics().rejected_http.fetch_add(1, Relaxed);
         respond(
             &mut stream,
@@ -209,6 +409,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
     );
     if write_all(&mut stream, resp.as_bytes()).await.is_err() {
         shared.connections.fetch_sub(1, Relaxed);
+        shared.per_ip.release(ip);
         return;
     }
     let id = shard.next_conn_id.get();
@@ -226,4 +427,45 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
     let leftover = bytes[head_len..].to_vec();
     drop(bytes);
     conn::serve(shard, stream, conn, leftover).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_cidr;
+
+    #[test]
+    fn xff_takes_the_rightmost_untrusted_entry() {
+        let p = vec![parse_cidr("10.0.0.0/8").unwrap()];
+        assert_eq!(
+            client_from_xff("1.2.3.4, 10.0.0.5", &p),
+            "1.2.3.4".parse().ok()
+        );
+        assert_eq!(
+            client_from_xff("9.9.9.9, 1.2.3.4, 10.0.0.5", &p),
+            "1.2.3.4".parse().ok()
+        );
+        assert_eq!(
+            client_from_xff("10.0.0.1, 10.0.0.5", &p),
+            "10.0.0.1".parse().ok()
+        );
+        assert_eq!(client_from_xff("junk", &p), None);
+    }
+
+    #[test]
+    fn proxy_headers_parse() {
+        let v1 = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\nGET / HTTP/1.1\r\n\r\n";
+        let (len, ip) = parse_proxy(v1).unwrap().unwrap();
+        assert_eq!(&v1[len..len + 3], b"GET");
+        assert_eq!(ip, "192.0.2.7".parse().ok());
+        assert_eq!(parse_proxy(b"PROXY TCP4 192.0.2.7 127.0"), Ok(None));
+        assert!(parse_proxy(b"PROXY NOPE\r\n").is_err());
+        let mut v2 = PROXY_V2.to_vec();
+        v2.extend_from_slice(&[
+            0x21, 0x11, 0, 12, 198, 51, 100, 9, 127, 0, 0, 1, 0x15, 0xb3, 0, 80,
+        ]);
+        let (len, ip) = parse_proxy(&v2).unwrap().unwrap();
+        assert_eq!(len, 28);
+        assert_eq!(ip, "198.51.100.9".parse().ok());
+    }
 }

@@ -510,6 +510,7 @@ fn cleanup(shard: &Shard, conn: &Conn) {
     m.connections.fetch_sub(1, Relaxed);
     m.closed(conn.close_code.get().unwrap_or(codes::ABNORMAL));
     shard.shared.connections.fetch_sub(1, Relaxed);
+    shard.shared.per_ip.release(conn.ip);
 }
 
 async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, m: Message) {

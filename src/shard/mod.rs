@@ -76,6 +76,7 @@ pub struct Shard {
     pub drained: Signal,
     /// Connection ids, never reused (slab keys are): a resume grant names both.
     pub next_conn_id: Cell<u64>,
+    pub handshakes: accept::Handshakes,
 }
 
 impl Shard {
@@ -120,6 +121,7 @@ pub async fn run(id: usize, shared: Arc<Shared>, inbox: Arc<Inbox>, listener: Tc
         draining: Signal::default(),
         drained: Signal::default(),
         next_conn_id: Cell::new(1),
+        handshakes: accept::Handshakes::default(),
     });
     glommio::spawn_local(accept::accept_loop(shard.clone(), listener)).detach();
     glommio::spawn_local(sweep_loop(shard.clone())).detach();
