@@ -118,7 +118,7 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
                 key: "cores",
                 setting: "cores -> shards".into(),
                 value,
-                needed: format!("{s} shards ({shards_source}); auto = {}", shards::auto_shards(u)),
+                needed: format!("{s} shard{} ({shards_source}); auto = {}", if s == 1 { "" } else { "s" }, shards::auto_shards(u)),
                 status: if over { Status::Warn } else { Status::Pass },
                 fix: over.then(|| format!(
                     "{UNIT_FILE}: Environment=XCORD_SHARDS={}",
@@ -185,8 +185,20 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
     );
     match &host.nofile {
         Err(e) => {
-            rows.push(unknown("nofile_hard", "ulimit -n (hard)", format!(">= {}", int(fd_need)), e, ""));
-            rows.push(unknown("nofile_soft", "ulimit -n (soft)", format!(">= {}", int(fd_need)), e, ""));
+            rows.push(unknown(
+                "nofile_hard",
+                "ulimit -n (hard)",
+                format!(">= {}", int(fd_need)),
+                e,
+                "",
+            ));
+            rows.push(unknown(
+                "nofile_soft",
+                "ulimit -n (soft)",
+                format!(">= {}", int(fd_need)),
+                e,
+                "",
+            ));
         }
         Ok(l) => {
             let hard_ok = l.hard >= fd_need;
@@ -222,8 +234,12 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
         &host.nr_open,
         fd_need,
         Status::Fail,
-        format!("{SYSCTL_FILE}: fs.nr_open = {}", needs::recommended_nr_open(n, s)),
-        "The kernel's ceiling for any process's nofile: LimitNOFILE above it fails to apply.".into(),
+        format!(
+            "{SYSCTL_FILE}: fs.nr_open = {}",
+            needs::recommended_nr_open(n, s)
+        ),
+        "The kernel's ceiling for any process's nofile: LimitNOFILE above it fails to apply."
+            .into(),
     ));
     let fm_need = needs::file_max(n, s, o.with_loadgen);
     rows.push(match &host.file_max {
@@ -262,21 +278,50 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
         format!("{SYSCTL_FILE}: net.core.somaxconn = {}", needs::LISTEN_BACKLOG),
         format!("Caps each shard's accept queue; the gateway asks listen({}). Below it, a reconnect storm overflows the queue (ListenOverflows in /proc/net/netstat) and clients retry after 1 s, 3 s, 7 s...", needs::LISTEN_BACKLOG),
     ));
-    rows.push(threshold(
-        "net.ipv4.tcp_max_syn_backlog",
-        "net.ipv4.tcp_max_syn_backlog",
-        &host.syn_backlog,
-        needs::LISTEN_BACKLOG,
-        Status::Warn,
-        format!("{SYSCTL_FILE}: net.ipv4.tcp_max_syn_backlog = {}", needs::SYN_BACKLOG_RECOMMENDED),
-        "Half-open connections per listener. With tcp_syncookies=1 overflow is survivable, but handshakes slow down during reconnect storms.".into(),
-    ));
+    let syn_fix = format!(
+        "{SYSCTL_FILE}: net.ipv4.tcp_max_syn_backlog = {}",
+        needs::SYN_BACKLOG_RECOMMENDED
+    );
+    rows.push(match (&host.syn_backlog, &host.syncookies) {
+        (Err(e), _) => unknown(
+            "net.ipv4.tcp_max_syn_backlog",
+            "net.ipv4.tcp_max_syn_backlog",
+            format!(">= {}", int(needs::LISTEN_BACKLOG)),
+            e,
+            "",
+        ),
+        (Ok(v), cookies) => {
+            let cookies_on = matches!(cookies, Ok(c) if *c >= 1);
+            let low = *v < needs::LISTEN_BACKLOG;
+            let status = if low && !cookies_on {
+                Status::Warn
+            } else {
+                Status::Pass
+            };
+            Row {
+                key: "net.ipv4.tcp_max_syn_backlog",
+                setting: "net.ipv4.tcp_max_syn_backlog".into(),
+                value: match cookies {
+                    Ok(c) => format!("{v} (tcp_syncookies={c})"),
+                    Err(_) => format!("{v} (tcp_syncookies unknown)"),
+                },
+                needed: format!(">= {}, or syncookies on", int(needs::LISTEN_BACKLOG)),
+                status,
+                fix: (status != Status::Pass).then(|| format!("{syn_fix}  and  net.ipv4.tcp_syncookies = 1")),
+                why: if cookies_on {
+                    "Half-open connections per listener. With tcp_syncookies on, the kernel bounds the SYN queue by the accept backlog and answers past it with cookies, so this value is not the limit.".into()
+                } else {
+                    "Half-open connections per listener. With tcp_syncookies off, SYNs are dropped once the queue nears this value: handshakes stall during reconnect storms.".into()
+                },
+            }
+        }
+    });
 
     // Ephemeral ports.
     rows.push(match &host.port_range {
         Err(e) => unknown("net.ipv4.ip_local_port_range", "net.ipv4.ip_local_port_range", "a few (Redis)".into(), e, ""),
         Ok((lo, hi)) => {
-            let size = hi - lo + 1;
+            let size = (hi - lo).saturating_add(1);
             let short = o.with_loadgen && size < n;
             Row {
                 key: "net.ipv4.ip_local_port_range",
@@ -297,7 +342,11 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
     // Kernel socket memory.
     let tcp_need = needs::tcp_mem_pages(n);
     let rec_tcp = needs::recommended_tcp_mem(n);
-    let tcp_high_bytes = host.tcp_mem.as_ref().ok().map(|m| m[2].saturating_mul(needs::PAGE));
+    let tcp_high_bytes = host
+        .tcp_mem
+        .as_ref()
+        .ok()
+        .map(|m| m[2].saturating_mul(needs::PAGE));
     rows.push(match &host.tcp_mem {
         Err(e) => unknown("net.ipv4.tcp_mem", "net.ipv4.tcp_mem (pages)", format!("pressure >= {}", int(tcp_need)), e, ""),
         Ok([low, pressure, high]) => {
@@ -323,15 +372,27 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
         }
     });
     for (key, setting, reading, what) in [
-        ("net.ipv4.tcp_rmem", "net.ipv4.tcp_rmem", &host.tcp_rmem, "receive"),
-        ("net.ipv4.tcp_wmem", "net.ipv4.tcp_wmem", &host.tcp_wmem, "send"),
+        (
+            "net.ipv4.tcp_rmem",
+            "net.ipv4.tcp_rmem",
+            &host.tcp_rmem,
+            "receive",
+        ),
+        (
+            "net.ipv4.tcp_wmem",
+            "net.ipv4.tcp_wmem",
+            &host.tcp_wmem,
+            "send",
+        ),
     ] {
         rows.push(match reading {
             Err(e) => unknown(key, setting, "N x default <= tcp_mem high".into(), e, ""),
             Ok([min, def, max]) => {
                 let worst = n.saturating_mul(*def);
+                // Only a default above what we recommend is worth changing: at 16 KiB
+                // the answer to "too much for tcp_mem" is the tcp_mem row.
                 let status = match tcp_high_bytes {
-                    Some(h) if worst > h => Status::Warn,
+                    Some(h) if worst > h && *def > needs::SOCKET_BUFFER_DEFAULT => Status::Warn,
                     _ => Status::Pass,
                 };
                 Row {
@@ -339,8 +400,8 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
                     setting: setting.into(),
                     value: format!("{min} {def} {max}"),
                     needed: match tcp_high_bytes {
-                        Some(h) => format!("N x {def} = {} <= tcp_mem high {}", bytes(worst), bytes(h)),
-                        None => format!("N x {def} = {} <= tcp_mem high (unknown)", bytes(worst)),
+                        Some(h) => format!("default <= {}, or {} x {} = {} <= tcp_mem high {}", bytes(needs::SOCKET_BUFFER_DEFAULT), int(n), bytes(*def), bytes(worst), bytes(h)),
+                        None => format!("default <= {}, or {} x {} = {} <= tcp_mem high (unknown)", bytes(needs::SOCKET_BUFFER_DEFAULT), int(n), bytes(*def), bytes(worst)),
                     },
                     status,
                     fix: (status != Status::Pass).then(|| format!("{SYSCTL_FILE}: {key} = {min} {} {max}", needs::SOCKET_BUFFER_DEFAULT)),
@@ -404,10 +465,14 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
         .as_ref()
         .ok()
         .map(|m| m[1].saturating_mul(needs::PAGE) / needs::KERNEL_BYTES_PER_CONN);
-    let binding = [("fds", by_fds), ("memory", by_memory), ("tcp_mem", by_tcp_mem)]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .min_by_key(|(_, v)| *v);
+    let binding = [
+        ("fds", by_fds),
+        ("memory", by_memory),
+        ("tcp_mem", by_tcp_mem),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .min_by_key(|(_, v)| *v);
     let holds = Holds {
         by_fds,
         by_memory,
@@ -417,16 +482,17 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
     };
 
     let mut notes = Vec::new();
-    if host.live {
-        notes.push("Limits are this shell's (inherited by what it starts); under systemd the unit's LimitNOFILE/LimitMEMLOCK apply instead: check with `cat /proc/$(pidof xcord-gateway)/limits`.".to_string());
+    if host.process != "self" {
+        notes.push(format!(
+            "Limits and CPU mask are those of process {} (--pid), not this shell's.",
+            host.process
+        ));
+    } else if host.live {
+        notes.push("Limits are this shell's (inherited by what it starts); under systemd the unit's LimitNOFILE/LimitMEMLOCK apply instead: check the running gateway with `xcord-tune check --pid $(pidof xcord-gateway)`.".to_string());
     }
     notes.push("Sysctl fixes: add the line to the file named, then `sudo sysctl --system`; `xcord-tune profile` writes all of them.".to_string());
 
-    let status = rows
-        .iter()
-        .map(|r| r.status)
-        .max()
-        .unwrap_or(Status::Pass);
+    let status = rows.iter().map(|r| r.status).max().unwrap_or(Status::Pass);
     Report {
         target_connections: n,
         shards: s as usize,
@@ -450,7 +516,9 @@ fn unknown(key: &'static str, setting: &str, needed: String, reason: &str, why: 
         needed,
         status: Status::Warn,
         fix: None,
-        why: format!("Cannot tell: {reason}. {why}").trim_end().to_string(),
+        why: format!("Cannot tell: {reason}. {why}")
+            .trim_end()
+            .to_string(),
     }
 }
 
@@ -546,9 +614,10 @@ fn io_uring_row(host: &Host) -> Row {
 pub fn render(r: &Report) -> String {
     let mut o = String::new();
     o.push_str(&format!(
-        "xcord-tune check: {} connections, {} shards ({})\n\n",
+        "xcord-tune check: {} connections, {} shard{} ({})\n\n",
         int(r.target_connections),
         r.shards,
+        if r.shards == 1 { "" } else { "s" },
         r.shards_source
     ));
     let head = ["SETTING", "VALUE", "NEEDED", "STATUS", "FIX"];
@@ -587,7 +656,12 @@ pub fn render(r: &Report) -> String {
     }
     o.push_str("\nWhy:\n");
     for x in &r.rows {
-        o.push_str(&format!("  {} [{}]: {}\n", x.setting, x.status.label(), x.why));
+        o.push_str(&format!(
+            "  {} [{}]: {}\n",
+            x.setting,
+            x.status.label(),
+            x.why
+        ));
     }
     o.push_str("\nAs configured this host holds:\n");
     let show = |v: Option<u64>| v.map(int).unwrap_or_else(|| "unknown".into());

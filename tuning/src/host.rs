@@ -1,11 +1,11 @@
 //! Reading the host from `/proc`-style files under a root directory: the real
 //! `/proc` by default, a fixture directory in tests (`--proc-root DIR`).
 //!
-//! Layout read under the root (the same as `/proc`):
+//! Layout read under the root (the same as `/proc`; `self` may be a pid):
 //! `cpuinfo`, `meminfo`, `self/status` (`Cpus_allowed_list`), `self/limits`
 //! (`Max open files`, `Max locked memory`), `sys/fs/{nr_open,file-max}`,
 //! `sys/net/core/{somaxconn,netdev_max_backlog}`,
-//! `sys/net/ipv4/{tcp_max_syn_backlog,ip_local_port_range,tcp_mem,tcp_rmem,tcp_wmem}`,
+//! `sys/net/ipv4/{tcp_max_syn_backlog,tcp_syncookies,ip_local_port_range,tcp_mem,tcp_rmem,tcp_wmem}`,
 //! `sys/kernel/{osrelease,io_uring_disabled}`. Every value is read on its own: a
 //! missing or unparsable file makes that one value unknown, with the reason.
 
@@ -41,9 +41,10 @@ impl Kernel {
 #[derive(Debug, Clone)]
 pub struct Host {
     pub root: PathBuf,
-    /// True when `root` is the live `/proc` (limits are then this process's, which
-    /// it inherited from the shell that started it).
+    /// True when `root` is the live `/proc`.
     pub live: bool,
+    /// Whose limits and CPU mask were read: `self` or a process id.
+    pub process: String,
     pub cpus_online: Reading<usize>,
     pub cpus_usable: Reading<usize>,
     pub mem_total: Reading<u64>,
@@ -54,6 +55,7 @@ pub struct Host {
     pub file_max: Reading<u64>,
     pub somaxconn: Reading<u64>,
     pub syn_backlog: Reading<u64>,
+    pub syncookies: Reading<u64>,
     pub port_range: Reading<(u64, u64)>,
     pub tcp_mem: Reading<[u64; 3]>,
     pub tcp_rmem: Reading<[u64; 3]>,
@@ -68,24 +70,27 @@ pub struct Host {
 }
 
 impl Host {
-    /// Read the host under `root`. Fails only when `root` is not a directory; each
-    /// value that cannot be read is recorded as unknown.
-    pub fn read(root: &Path, probe: bool) -> Result<Host, String> {
+    /// Read the host under `root`, with the limits and CPU mask of `process`
+    /// (`self`, or the pid of a running gateway). Fails only when `root` is not a
+    /// directory; each value that cannot be read is recorded as unknown.
+    pub fn read(root: &Path, process: &str, probe: bool) -> Result<Host, String> {
         if !root.is_dir() {
-            return Err(format!(
-                "--proc-root {}: not a directory",
-                root.display()
-            ));
+            return Err(format!("--proc-root {}: not a directory", root.display()));
+        }
+        if process != "self" && !root.join(process).is_dir() {
+            return Err(format!("no process {process} under {}", root.display()));
         }
         let live = fs::canonicalize(root)
             .map(|p| p == Path::new("/proc"))
             .unwrap_or(false);
         let r = Reader { root };
         let mem = r.text("meminfo");
-        let limits = r.text("self/limits");
+        let limits = r.text(&format!("{process}/limits"));
+        let status_file = format!("{process}/status");
         Ok(Host {
             root: root.to_path_buf(),
             live,
+            process: process.to_string(),
             cpus_online: r.text("cpuinfo").and_then(|t| {
                 let n = t
                     .lines()
@@ -97,39 +102,44 @@ impl Host {
                     Ok(n)
                 }
             }),
-            cpus_usable: r.text("self/status").and_then(|t| {
+            cpus_usable: r.text(&status_file).and_then(|t| {
                 let line = t
                     .lines()
                     .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                    .ok_or_else(|| format!("{}: no Cpus_allowed_list", r.path("self/status")))?;
+                    .ok_or_else(|| format!("{}: no Cpus_allowed_list", r.path(&status_file)))?;
                 crate::units::cpu_list_len(line)
             }),
             mem_total: mem.clone().and_then(|t| meminfo(&t, "MemTotal")),
             mem_available: mem.and_then(|t| meminfo(&t, "MemAvailable")),
-            nofile: limits.clone().and_then(|t| limit_line(&t, "Max open files")),
+            nofile: limits
+                .clone()
+                .and_then(|t| limit_line(&t, "Max open files")),
             memlock: limits.and_then(|t| limit_line(&t, "Max locked memory")),
             nr_open: r.number("sys/fs/nr_open"),
             file_max: r.number("sys/fs/file-max"),
             somaxconn: r.number("sys/net/core/somaxconn"),
             syn_backlog: r.number("sys/net/ipv4/tcp_max_syn_backlog"),
-            port_range: r.numbers::<2>("sys/net/ipv4/ip_local_port_range").and_then(|[a, b]| {
-                if a > b {
-                    Err(format!("ip_local_port_range `{a} {b}`: low above high"))
-                } else {
-                    Ok((a, b))
-                }
-            }),
+            syncookies: r.number("sys/net/ipv4/tcp_syncookies"),
+            port_range: r
+                .numbers::<2>("sys/net/ipv4/ip_local_port_range")
+                .and_then(|[a, b]| {
+                    if a > b {
+                        Err(format!("ip_local_port_range `{a} {b}`: low above high"))
+                    } else {
+                        Ok((a, b))
+                    }
+                }),
             tcp_mem: r.numbers::<3>("sys/net/ipv4/tcp_mem"),
             tcp_rmem: r.numbers::<3>("sys/net/ipv4/tcp_rmem"),
             tcp_wmem: r.numbers::<3>("sys/net/ipv4/tcp_wmem"),
             netdev_max_backlog: r.number("sys/net/core/netdev_max_backlog"),
-            kernel: r.text("sys/kernel/osrelease").and_then(|t| parse_kernel(&t)),
+            kernel: r
+                .text("sys/kernel/osrelease")
+                .and_then(|t| parse_kernel(&t)),
             io_uring_disabled: match fs::read_to_string(root.join("sys/kernel/io_uring_disabled")) {
-                Ok(t) => t
-                    .trim()
-                    .parse::<u64>()
-                    .map(Some)
-                    .map_err(|_| format!("sys/kernel/io_uring_disabled: not a number: `{}`", t.trim())),
+                Ok(t) => t.trim().parse::<u64>().map(Some).map_err(|_| {
+                    format!("sys/kernel/io_uring_disabled: not a number: `{}`", t.trim())
+                }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(format!("{}: {e}", r.path("sys/kernel/io_uring_disabled"))),
             },
@@ -171,9 +181,20 @@ impl Reader<'_> {
             .split_whitespace()
             .map(|w| w.parse::<u64>())
             .collect::<Result<_, _>>()
-            .map_err(|_| format!("{}: expected {K} number(s), got `{}`", self.path(rel), t.trim()))?;
-        <[u64; K]>::try_from(v)
-            .map_err(|_| format!("{}: expected {K} number(s), got `{}`", self.path(rel), t.trim()))
+            .map_err(|_| {
+                format!(
+                    "{}: expected {K} number(s), got `{}`",
+                    self.path(rel),
+                    t.trim()
+                )
+            })?;
+        <[u64; K]>::try_from(v).map_err(|_| {
+            format!(
+                "{}: expected {K} number(s), got `{}`",
+                self.path(rel),
+                t.trim()
+            )
+        })
     }
 }
 
@@ -306,6 +327,6 @@ mod tests {
 
     #[test]
     fn missing_root_is_an_error() {
-        assert!(Host::read(Path::new("/nonexistent/xcord"), false).is_err());
+        assert!(Host::read(Path::new("/nonexistent/xcord"), "self", false).is_err());
     }
 }

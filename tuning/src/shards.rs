@@ -65,10 +65,11 @@ pub fn explain(cores: usize) -> Choice {
         "Each shard is one glommio (io_uring) executor pinned to one core; it accepts, \
          reads and writes its own connections, so fan-out capacity grows with shards."
             .to_string(),
-        "Besides the shards the gateway runs one bus thread (Redis PSUBSCRIBE or the \
-         in-process bus: parses each event once, stamps its seq, pushes it into the \
-         shard inboxes), and the kernel does the TCP work (softirq: ACKs, retransmits, \
-         NIC interrupts) on some core. Neither is pinned."
+        "Besides the shards the gateway runs one bus thread, xcord-bus (Redis PSUBSCRIBE \
+         or the in-process bus: parses each event once, stamps its seq, pushes it into \
+         the shard inboxes), with --redis a command thread, xcord-redis, and the kernel \
+         does the TCP work (softirq: ACKs, retransmits, NIC interrupts) on some core. \
+         None of these is pinned."
             .to_string(),
     ];
     match cores {
