@@ -6,7 +6,6 @@
 //! `{"type":"EVENT","seq":N,"payload":{"event":NAME,"channel":CHANNEL,"payload":ANY}}`.
 //! The payload is copied as the raw JSON slice the backend sent — never re-serialised.
 
-use serde::Deserialize;
 use sonic_rs::{JsonValueTrait, LazyValue};
 use std::borrow::Cow;
 use std::time::Instant;
@@ -42,35 +41,35 @@ impl DropReason {
     }
 }
 
-#[derive(Deserialize)]
-struct Incoming<'a> {
-    #[serde(rename = "type", borrow, default)]
-    ty: Option<LazyValue<'a>>,
-    #[serde(borrow, default)]
-    payload: Option<LazyValue<'a>>,
-}
-
 /// Parse a bus message body and build its frame. `channel` is the part after `events:`.
-pub fn build(
-    channel: &[u8],
-    body: &[u8],
-    seq: u64,
-    received: Instant,
-) -> Result<Event, DropReason> {
+///
+/// sonic-rs's validating object iterator walks the top level once and hands back
+/// `type` and `payload` as raw slices (the payload is skipped, not parsed into a
+/// tree); the whole text is validated on the way.
+pub fn build(channel: &[u8], body: &[u8], seq: u64, received: Instant) -> Result<Event, DropReason> {
     let channel = std::str::from_utf8(channel).map_err(|_| DropReason::BadChannel)?;
     if channel.is_empty() || channel.len() > 1024 {
         return Err(DropReason::BadChannel);
     }
-    // Only an object is an event (serde would read an array positionally).
+    // Only an object is an event.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(DropReason::BadJson);
     }
-    let inc: Incoming<'_> = sonic_rs::from_slice(body).map_err(|_| DropReason::BadJson)?;
-    let ty = inc.ty.ok_or(DropReason::NoType)?;
+    let mut ty: Option<LazyValue<'_>> = None;
+    let mut payload: Option<LazyValue<'_>> = None;
+    for item in sonic_rs::to_object_iter(body) {
+        let (k, v) = item.map_err(|_| DropReason::BadJson)?;
+        match &*k {
+            "type" => ty = Some(v),
+            "payload" => payload = Some(v),
+            _ => {}
+        }
+    }
+    let ty = ty.ok_or(DropReason::NoType)?;
     if !ty.is_str() {
         return Err(DropReason::NoType);
     }
-    let payload: Cow<'_, str> = match &inc.payload {
+    let payload: Cow<'_, str> = match &payload {
         Some(p) => Cow::Borrowed(p.as_raw_str()),
         None => Cow::Borrowed("null"),
     };

@@ -160,12 +160,12 @@ impl Conn {
     /// FAST PATH: queue an already-encoded event frame. `false` when the frame is
     /// not queued (closing, or this push made the connection a slow consumer).
     #[inline]
-    pub fn push_event(&self, shard: &Shard, frame: &[u8], received: Instant) -> bool {
+    pub fn push_event(&self, frame: &[u8], received: Instant, limit: usize) -> bool {
         if self.phase.get() == Phase::Closing {
             return false;
         }
-        if self.queued() + frame.len() > shard.shared.cfg.args.send_queue_bytes {
-            self.begin_close(shard, codes::SLOW_CONSUMER, true);
+        if self.queued() + frame.len() > limit {
+            self.begin_close(codes::SLOW_CONSUMER, true);
             return false;
         }
         self.out.borrow_mut().extend_from_slice(frame);
@@ -182,7 +182,7 @@ impl Conn {
             return;
         }
         if self.queued() + json.len() + 10 > shard.shared.cfg.args.send_queue_bytes {
-            self.begin_close(shard, codes::SLOW_CONSUMER, true);
+            self.begin_close(codes::SLOW_CONSUMER, true);
             return;
         }
         frame::text_frame_into(json, &mut self.out.borrow_mut());
@@ -191,7 +191,7 @@ impl Conn {
 
     /// Choose the close code and queue the close frame (unless `send_frame` is false:
     /// the peer closed first and tungstenite queued the reply). Idempotent.
-    pub fn begin_close(&self, shard: &Shard, code: u16, send_frame: bool) {
+    pub fn begin_close(&self, code: u16, send_frame: bool) {
         if self.phase.get() == Phase::Closing {
             return;
         }
@@ -207,7 +207,6 @@ impl Conn {
         if send_frame {
             frame::close_frame_into(code, codes::reason(code), &mut self.out.borrow_mut());
         }
-        let _ = shard;
         self.wake_writer();
     }
 
@@ -374,7 +373,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
     let writer = glommio::spawn_local(writer(shard.clone(), stream.clone(), conn.clone()));
     let mut msgs: VecDeque<Message> = VecDeque::new();
 
-    let mut finished = feed(&shard, &conn, &mut ws, &leftover, &mut msgs);
+    let mut finished = feed(&conn, &mut ws, &leftover, &mut msgs);
     drop(leftover);
     while !finished {
         while let Some(m) = msgs.pop_front() {
@@ -391,7 +390,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
             ReadOutcome::Data(n) => {
                 conn.last_rx.set(Instant::now());
                 let scratch = shard.scratch.borrow();
-                finished = feed(&shard, &conn, &mut ws, &scratch[..n], &mut msgs);
+                finished = feed(&conn, &mut ws, &scratch[..n], &mut msgs);
             }
         }
     }
@@ -406,8 +405,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
 
 /// Run the codec over newly received bytes, collecting complete messages.
 /// Returns true when the closing handshake is complete (the peer answered our close).
-fn feed(
-    shard: &Shard,
+pub fn feed(
     conn: &Conn,
     ws: &mut WebSocketContext,
     input: &[u8],
@@ -459,11 +457,11 @@ fn feed(
         // The peer closes first; messages that arrived before its close still run.
         Some((code, false)) => {
             conn.peer_closed.set(true);
-            conn.begin_close(shard, code, false)
+            conn.begin_close(code, false)
         }
         Some((code, true)) => {
             msgs.clear();
-            conn.begin_close(shard, code, true);
+            conn.begin_close(code, true);
         }
         None => {}
     }
@@ -517,7 +515,7 @@ async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, m: Message) {
     let text = match m {
         Message::Text(t) => t,
         Message::Binary(_) => {
-            conn.begin_close(shard, codes::NOT_JSON, true);
+            conn.begin_close(codes::NOT_JSON, true);
             return;
         }
         // Control frames: tungstenite answered pings; any frame counted as activity.
@@ -526,7 +524,7 @@ async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, m: Message) {
     let decoded = msg::decode(text.as_bytes());
     if conn.phase.get() == Phase::AwaitHello {
         match decoded {
-            Err(DecodeError::NotJson) => conn.begin_close(shard, codes::NOT_JSON, true),
+            Err(DecodeError::NotJson) => conn.begin_close(codes::NOT_JSON, true),
             Ok(ClientMsg::Hello { token }) => {
                 shard.metrics().command("HELLO");
                 hello(shard, conn, token).await
@@ -539,18 +537,18 @@ async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, m: Message) {
                 shard.metrics().command("RESUME");
                 resume(shard, conn, token, session_id, seq).await
             }
-            Err(e) if e.is_handshake() => conn.begin_close(shard, codes::AUTH_FAILED, true),
-            _ => conn.begin_close(shard, codes::NOT_AUTHENTICATED, true),
+            Err(e) if e.is_handshake() => conn.begin_close(codes::AUTH_FAILED, true),
+            _ => conn.begin_close(codes::NOT_AUTHENTICATED, true),
         }
         return;
     }
     let cmd = match decoded {
         Err(DecodeError::NotJson) => {
-            conn.begin_close(shard, codes::NOT_JSON, true);
+            conn.begin_close(codes::NOT_JSON, true);
             return;
         }
         Ok(ClientMsg::Hello { .. }) | Ok(ClientMsg::Resume { .. }) => {
-            conn.begin_close(shard, codes::ALREADY_AUTHENTICATED, true);
+            conn.begin_close(codes::ALREADY_AUTHENTICATED, true);
             return;
         }
         Ok(ClientMsg::Ping) => {
@@ -580,7 +578,7 @@ async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, m: Message) {
     };
     match verdict {
         RateVerdict::Close => {
-            conn.begin_close(shard, codes::RATE_LIMITED, true);
+            conn.begin_close(codes::RATE_LIMITED, true);
             return;
         }
         RateVerdict::Limited => {
@@ -643,7 +641,7 @@ fn authenticate(shard: &Shard, conn: &Conn, token: Option<String>) -> Option<Cla
 
 async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
     let Some(claims) = authenticate(shard, conn, token) else {
-        conn.begin_close(shard, codes::AUTH_FAILED, true);
+        conn.begin_close(codes::AUTH_FAILED, true);
         return;
     };
     start_session(shard, conn, claims, new_session_id());
@@ -683,7 +681,7 @@ async fn resume(
     seq: u64,
 ) {
     let Some(claims) = authenticate(shard, conn, token) else {
-        conn.begin_close(shard, codes::AUTH_FAILED, true);
+        conn.begin_close(codes::AUTH_FAILED, true);
         return;
     };
     if conn.resuming.borrow().is_some() {
@@ -741,8 +739,9 @@ pub fn apply_grant(shard: &Rc<Shard>, g: crate::bus::Grant) {
         shard.subscribe(n, key);
     }
     let replayed = r.replay.len() as u64;
+    let limit = shard.shared.cfg.args.send_queue_bytes;
     for ev in &r.replay {
-        conn.push_event(shard, &ev.frame, ev.received);
+        conn.push_event(&ev.frame, ev.received, limit);
     }
     conn.last_seq.set(r.s0);
     let session = Session {
@@ -779,7 +778,7 @@ fn refresh(shard: &Rc<Shard>, conn: &Rc<Conn>, token: &str) {
         }
         _ => {
             drop(s);
-            conn.begin_close(shard, codes::AUTH_FAILED, true);
+            conn.begin_close(codes::AUTH_FAILED, true);
         }
     }
 }
@@ -1058,6 +1057,6 @@ pub fn on_tick(shard: &Shard, conn: &Conn, now: Instant) {
         publish_typing(shard, &user, &c, false);
     }
     if expired_token {
-        conn.begin_close(shard, codes::AUTH_FAILED, true);
+        conn.begin_close(codes::AUTH_FAILED, true);
     }
 }

@@ -10,34 +10,55 @@
 //! `server:s:channel:c`) is visited once per covering node; the per-connection
 //! `last_seq` stamp skips the repeats (seq strictly increases per node).
 
-use super::Shard;
-use crate::bus::Event;
+use slab::Slab;
+use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
-pub fn deliver(shard: &Shard, ev: &Event) {
-    let conns = shard.conns.borrow();
-    let trie = shard.trie.borrow();
-    let mut delivered = 0u64;
-    let mut slow = 0u64;
+use super::conn::Conn;
+use super::Shard;
+use crate::bus::Event;
+use crate::channels::Trie;
+
+/// What one delivery did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Frames queued.
+    pub delivered: u64,
+    /// Subscribers that were closing or just became slow consumers (4010).
+    pub not_delivered: u64,
+}
+
+/// Deliver `ev` to the connections of `conns` that `trie` says cover its channel.
+#[inline]
+pub fn deliver_into(trie: &Trie<u32>, conns: &Slab<Rc<Conn>>, ev: &Event, send_queue_bytes: usize) -> Outcome {
+    let mut out = Outcome::default();
     trie.for_each_covering(&ev.channel, |key| {
-        let Some(c) = conns.get(key as usize) else {
-            return;
-        };
+        let Some(c) = conns.get(key as usize) else { return };
         if c.last_seq.get() >= ev.seq {
             return;
         }
         c.last_seq.set(ev.seq);
-        if c.push_event(shard, &ev.frame, ev.received) {
-            delivered += 1;
+        if c.push_event(&ev.frame, ev.received, send_queue_bytes) {
+            out.delivered += 1;
         } else {
-            slow += 1;
+            out.not_delivered += 1;
         }
     });
+    out
+}
+
+pub fn deliver(shard: &Shard, ev: &Event) {
+    let o = deliver_into(
+        &shard.trie.borrow(),
+        &shard.conns.borrow(),
+        ev,
+        shard.shared.cfg.args.send_queue_bytes,
+    );
     let m = shard.metrics();
-    if delivered > 0 {
-        m.delivered.fetch_add(delivered, Relaxed);
+    if o.delivered > 0 {
+        m.delivered.fetch_add(o.delivered, Relaxed);
     }
-    if slow > 0 {
-        m.dropped_slow.fetch_add(slow, Relaxed);
+    if o.not_delivered > 0 {
+        m.dropped_slow.fetch_add(o.not_delivered, Relaxed);
     }
 }

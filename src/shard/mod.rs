@@ -179,7 +179,7 @@ async fn drain(shard: Rc<Shard>) {
         }
         let c = shard.conns.borrow().get(*k).cloned();
         if let Some(c) = c {
-            c.begin_close(&shard, codes::DRAINING, true);
+            c.begin_close(codes::DRAINING, true);
         }
     }
     // Connections that were mid-handshake when the drain began are refused at
@@ -233,12 +233,12 @@ async fn sweep_loop(shard: Rc<Shard>) {
             match c.phase.get() {
                 Phase::AwaitHello => {
                     if now.duration_since(c.opened) > cfg.hello_timeout() {
-                        c.begin_close(&shard, codes::TIMEOUT, true);
+                        c.begin_close(codes::TIMEOUT, true);
                     }
                 }
                 Phase::Ready => {
                     if now.duration_since(c.last_rx.get()) > cfg.heartbeat() * 2 {
-                        c.begin_close(&shard, codes::TIMEOUT, true);
+                        c.begin_close(codes::TIMEOUT, true);
                     } else {
                         conn::on_tick(&shard, &c, now);
                     }
