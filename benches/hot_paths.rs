@@ -81,7 +81,9 @@ fn parse_encode(c: &mut Criterion) {
     g.bench_function("sonic_rs", |b| {
         b.iter(|| black_box(event::build(b"server:s42:channel:c7", black_box(BODY), 1, now).ok()))
     });
-    g.bench_function("serde_json", |b| b.iter(|| black_box(build_serde("server:s42:channel:c7", black_box(BODY), 1))));
+    g.bench_function("serde_json", |b| {
+        b.iter(|| black_box(build_serde("server:s42:channel:c7", black_box(BODY), 1)))
+    });
     g.finish();
 }
 
@@ -102,7 +104,12 @@ fn fanout_local(c: &mut Criterion) {
     g.bench_function("10k_local", |b| {
         b.iter(|| {
             seq += 1;
-            let e = Event { seq, channel: ev.channel.clone(), frame: ev.frame.clone(), received: ev.received };
+            let e = Event {
+                seq,
+                channel: ev.channel.clone(),
+                frame: ev.frame.clone(),
+                received: ev.received,
+            };
             let o = fanout::deliver_into(&t, &conns, black_box(&e), 1 << 20);
             assert_eq!(o.delivered, n as u64);
             // What the writers would do: take the bytes out.

@@ -1,6 +1,12 @@
 //! `xcord-gateway`: run a node, or print a development token (`xcord-gateway token`).
 
 use clap::Parser;
+
+/// mimalloc: per-thread free lists suit one allocating thread per shard, and it
+/// returns memory to the OS more readily than glibc's arenas (idle RSS per
+/// connection is a target, see loadtest/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use xcord_gateway::auth;
 use xcord_gateway::config::{Cli, Command, Config};
 

@@ -40,6 +40,8 @@ pub struct ShardMetrics {
     pub delivered: AtomicU64,
     pub dropped_slow: AtomicU64,
     pub rejected_http: AtomicU64,
+    /// Pending handshakes dropped to make room (slowloris defence).
+    pub handshakes_shed: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -138,6 +140,12 @@ impl Metrics {
             o,
             "xcord_http_rejected_total {}",
             sum(&|s| s.rejected_http.load(Relaxed))
+        );
+        o.push_str("# HELP xcord_handshakes_shed_total Pending handshakes dropped to make room for new ones.\n# TYPE xcord_handshakes_shed_total counter\n");
+        let _ = writeln!(
+            o,
+            "xcord_handshakes_shed_total {}",
+            sum(&|s| s.handshakes_shed.load(Relaxed))
         );
         o.push_str("# HELP xcord_connections_closed_total Connections closed, by close code.\n# TYPE xcord_connections_closed_total counter\n");
         for (i, code) in codes::TRACKED.iter().enumerate() {

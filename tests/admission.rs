@@ -166,6 +166,7 @@ fn a_legitimate_client_gets_in_during_a_slowloris_flood() {
 fn beyond_the_pending_handshake_cap_the_oldest_is_shed() {
     let gw = Gateway::start(&["--shards", "1", "--hello-timeout-ms", "10000"]);
     let mut first = TcpStream::connect(gw.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(700)); // old enough to be shed, not a burst
     let mut rest = Vec::new();
     for _ in 0..2100 {
         rest.push(TcpStream::connect(gw.addr).unwrap());

@@ -46,7 +46,12 @@ impl DropReason {
 /// sonic-rs's validating object iterator walks the top level once and hands back
 /// `type` and `payload` as raw slices (the payload is skipped, not parsed into a
 /// tree); the whole text is validated on the way.
-pub fn build(channel: &[u8], body: &[u8], seq: u64, received: Instant) -> Result<Event, DropReason> {
+pub fn build(
+    channel: &[u8],
+    body: &[u8],
+    seq: u64,
+    received: Instant,
+) -> Result<Event, DropReason> {
     let channel = std::str::from_utf8(channel).map_err(|_| DropReason::BadChannel)?;
     if channel.is_empty() || channel.len() > 1024 {
         return Err(DropReason::BadChannel);

@@ -35,17 +35,20 @@ use crate::auth::Claims;
 use crate::config::Cidr;
 
 const MAX_HEAD: usize = 8 * 1024;
-/// Pending handshakes per shard before the oldest is shed.
+/// Pending handshakes per shard past which the oldest, if it has been waiting at
+/// least `SHED_AGE`, is shed; past 4× this the oldest goes whatever its age.
 pub const MAX_HANDSHAKES: usize = 2048;
+/// A handshake this young is a connect burst, not a slowloris: let it finish.
+const SHED_AGE: Duration = Duration::from_millis(500);
 
 const PROXY_V1: &[u8] = b"PROXY ";
 const PROXY_V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
 /// A pending handshake; the shard may shed it.
-#[derive(Default)]
 pub struct HandshakeSlot {
     shed: Cell<bool>,
     waker: Cell<Option<Waker>>,
+    since: Instant,
 }
 
 /// Pending handshakes of one shard, oldest first.
@@ -55,16 +58,33 @@ pub struct Handshakes {
 }
 
 impl Handshakes {
-    fn admit(&self) -> Rc<HandshakeSlot> {
-        let slot = Rc::new(HandshakeSlot::default());
+    fn admit(&self, metrics: &crate::metrics::ShardMetrics) -> Rc<HandshakeSlot> {
+        let now = Instant::now();
+        let slot = Rc::new(HandshakeSlot {
+            shed: Cell::new(false),
+            waker: Cell::new(None),
+            since: now,
+        });
         let mut q = self.slots.borrow_mut();
-        q.retain(|w| w.strong_count() > 0);
+        while q.front().is_some_and(|w| w.strong_count() == 0) {
+            q.pop_front();
+        }
+        if q.len() >= MAX_HANDSHAKES {
+            q.retain(|w| w.strong_count() > 0);
+        }
         while q.len() >= MAX_HANDSHAKES {
-            if let Some(old) = q.pop_front().and_then(|w| w.upgrade()) {
-                old.shed.set(true);
-                if let Some(w) = old.waker.take() {
-                    w.wake();
-                }
+            let Some(old) = q.front().and_then(|w| w.upgrade()) else {
+                q.pop_front();
+                continue;
+            };
+            if q.len() < 4 * MAX_HANDSHAKES && now.duration_since(old.since) < SHED_AGE {
+                break; // a burst of fresh connections: not an attack (yet)
+            }
+            q.pop_front();
+            metrics.handshakes_shed.fetch_add(1, Relaxed);
+            old.shed.set(true);
+            if let Some(w) = old.waker.take() {
+                w.wake();
             }
         }
         q.push_back(Rc::downgrade(&slot));
@@ -83,7 +103,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match next {
             None => break,
             Some(Ok(stream)) => {
-                let slot = shard.handshakes.admit();
+                let slot = shard.handshakes.admit(shard.metrics());
                 glommio::spawn_local(handle(shard.clone(), stream, slot)).detach();
             }
             Some(Err(e)) => {
@@ -426,7 +446,9 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>
     m.connections.fetch_add(1, Relaxed);
     let leftover = bytes[head_len..].to_vec();
     drop(bytes);
-    conn::serve(shard, stream, conn, leftover).await;
+    // A task of its own: the handshake's state is freed now, not kept for the
+    // connection's lifetime.
+    glommio::spawn_local(conn::serve(shard, stream, conn, leftover)).detach();
 }
 
 #[cfg(test)]

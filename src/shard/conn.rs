@@ -18,7 +18,7 @@
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::net::IpAddr;
@@ -81,6 +81,53 @@ impl RateWindow {
     }
 }
 
+/// A connection's explicit subscriptions: a sorted boxed-str vector — a few dozen
+/// bytes for the usual handful, binary search for the up-to-1000.
+#[derive(Debug, Default, Clone)]
+pub struct SubSet(Vec<Box<str>>);
+
+impl SubSet {
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    }
+    pub fn insert(&mut self, name: &str) -> bool {
+        match self.0.binary_search_by(|n| (**n).cmp(name)) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, name.into());
+                true
+            }
+        }
+    }
+    pub fn remove(&mut self, name: &str) -> bool {
+        match self.0.binary_search_by(|n| (**n).cmp(name)) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|b| &**b)
+    }
+}
+
+impl FromIterator<String> for SubSet {
+    fn from_iter<I: IntoIterator<Item = String>>(it: I) -> Self {
+        let mut v: Vec<Box<str>> = it.into_iter().map(String::into_boxed_str).collect();
+        v.sort();
+        v.dedup();
+        SubSet(v)
+    }
+}
+
 /// The authenticated part of a connection.
 pub struct Session {
     pub session_id: String,
@@ -88,7 +135,7 @@ pub struct Session {
     /// `user:{sub}`, subscribed at HELLO; not counted, not removable.
     pub auto_sub: String,
     /// Explicit subscriptions (normalised names).
-    pub subs: HashSet<String>,
+    pub subs: SubSet,
     pub rate: RateWindow,
     /// Typing indicators this session started: channel → when it ends by itself.
     pub typing: Vec<(String, Instant)>,
@@ -99,6 +146,8 @@ pub struct Conn {
     pub id: u64,
     pub ip: IpAddr,
     pub out: RefCell<Vec<u8>>,
+    /// The writer's second buffer (kept here so an idle connection's can be freed).
+    pub spare: RefCell<Vec<u8>>,
     /// Bytes handed to the writer and not yet written.
     pub inflight: Cell<usize>,
     /// Bus receive time of the oldest event frame not yet written.
@@ -115,20 +164,22 @@ pub struct Conn {
     pub last_rx: Cell<Instant>,
     pub opened: Instant,
     /// Claims from a valid `Authorization: Bearer` header on the upgrade.
-    pub header_claims: RefCell<Option<Claims>>,
+    pub header_claims: RefCell<Option<Box<Claims>>>,
     pub session: RefCell<Option<Session>>,
     /// A RESUME is waiting for its grant; holds the (verified) token's claims.
-    pub resuming: RefCell<Option<Claims>>,
+    pub resuming: RefCell<Option<Box<Claims>>>,
 }
 
 impl Conn {
     pub fn new(id: u64, ip: IpAddr, header_claims: Option<Claims>) -> Conn {
+        let header_claims = header_claims.map(Box::new);
         let now = Instant::now();
         Conn {
             id,
             key: Cell::new(u32::MAX),
             ip,
             out: RefCell::new(Vec::new()),
+            spare: RefCell::new(Vec::new()),
             inflight: Cell::new(0),
             pending_since: Cell::new(None),
             writer_waker: Cell::new(None),
@@ -210,6 +261,20 @@ impl Conn {
         self.wake_writer();
     }
 
+    /// Give back the outbound buffers' memory if nothing is queued (idle sweep).
+    pub fn trim(&self) {
+        if self.inflight.get() == 0 {
+            if let Ok(mut out) = self.out.try_borrow_mut() {
+                if out.is_empty() {
+                    *out = Vec::new();
+                }
+            }
+            if let Ok(mut spare) = self.spare.try_borrow_mut() {
+                *spare = Vec::new();
+            }
+        }
+    }
+
     /// Stop both tasks now (peer gone, or stuck closing).
     pub fn kill(&self) {
         self.killed.set(true);
@@ -258,7 +323,7 @@ impl io::Write for MemIo<'_> {
 pub fn ws_config(cfg: &crate::config::Config) -> tungstenite::protocol::WebSocketConfig {
     let max = cfg.args.max_message_size;
     tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(512)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
@@ -291,7 +356,6 @@ async fn read_some(shard: &Shard, stream: &RefCell<TcpStream>, conn: &Conn) -> R
 
 /// The writer task: flush the outbound buffer whenever it has bytes.
 pub async fn writer(shard: Rc<Shard>, stream: Rc<RefCell<TcpStream>>, conn: Rc<Conn>) {
-    let mut buf: Vec<u8> = Vec::new();
     loop {
         poll_fn(|cx| {
             if conn.killed.get()
@@ -308,6 +372,8 @@ pub async fn writer(shard: Rc<Shard>, stream: Rc<RefCell<TcpStream>>, conn: Rc<C
         if conn.killed.get() {
             break;
         }
+        // Double buffering: the fan-out appends to `out` while `buf` is written.
+        let mut buf = std::mem::take(&mut *conn.spare.borrow_mut());
         std::mem::swap(&mut buf, &mut *conn.out.borrow_mut());
         let since = conn.pending_since.take();
         if !buf.is_empty() {
@@ -346,8 +412,8 @@ pub async fn writer(shard: Rc<Shard>, stream: Rc<RefCell<TcpStream>>, conn: Rc<C
                     .record(t.elapsed().as_micros().max(1) as u64);
             }
             buf.clear();
-            if buf.capacity() > 64 * 1024 {
-                buf = Vec::new();
+            if buf.capacity() <= 64 * 1024 {
+                *conn.spare.borrow_mut() = buf;
             }
         }
         if conn.phase.get() == Phase::Closing && conn.out.borrow().is_empty() {
@@ -383,7 +449,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
                 msgs.clear();
                 break;
             }
-            handle_message(&shard, &conn, m).await;
+            // Boxed: a command's future is large and rare; the idle task stays small.
+            Box::pin(handle_message(&shard, &conn, m)).await;
+        }
+        if msgs.capacity() > 0 {
+            msgs = VecDeque::new(); // idle connections keep no message buffer
         }
         match read_some(&shard, &stream, &conn).await {
             ReadOutcome::Eof => break,
@@ -488,7 +558,7 @@ fn cleanup(shard: &Shard, conn: &Conn) {
                     session_id: s.session_id.clone(),
                     claims: s.claims.clone(),
                     auto_sub: s.auto_sub.clone(),
-                    subs: s.subs.iter().cloned().collect(),
+                    subs: s.subs.iter().map(str::to_owned).collect(),
                     expires: Instant::now() + Duration::from_secs(window),
                 })));
         }
@@ -635,7 +705,7 @@ fn new_session_id() -> String {
 fn authenticate(shard: &Shard, conn: &Conn, token: Option<String>) -> Option<Claims> {
     match token {
         Some(t) => shard.shared.verifier.verify(&t).ok(),
-        None => conn.header_claims.borrow().clone(),
+        None => conn.header_claims.borrow().as_deref().cloned(),
     }
 }
 
@@ -663,7 +733,7 @@ fn start_session(shard: &Rc<Shard>, conn: &Rc<Conn>, claims: Claims, session_id:
         session_id,
         claims,
         auto_sub,
-        subs: HashSet::new(),
+        subs: SubSet::default(),
         rate: RateWindow::new(Instant::now()),
         typing: Vec::new(),
     };
@@ -688,7 +758,7 @@ async fn resume(
         return; // one RESUME at a time
     }
     let user = claims.sub.clone();
-    *conn.resuming.borrow_mut() = Some(claims);
+    *conn.resuming.borrow_mut() = Some(Box::new(claims));
     // The bus thread answers in this shard's inbox, in order with its events.
     shard.shared.bus.route_op(crate::bus::RouteOp::Resume {
         session_id,
@@ -746,7 +816,7 @@ pub fn apply_grant(shard: &Rc<Shard>, g: crate::bus::Grant) {
     conn.last_seq.set(r.s0);
     let session = Session {
         session_id: d.session_id,
-        claims,
+        claims: *claims,
         auto_sub: d.auto_sub,
         subs: d.subs.into_iter().collect(),
         rate: RateWindow::new(Instant::now()),
@@ -914,7 +984,7 @@ async fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, channels: Vec<Result<Stri
                 }
                 // Route queued before SUBSCRIBED is sent (SPEC §3's promise).
                 shard.subscribe(&sub.name, key);
-                session.subs.insert(sub.name.clone());
+                session.subs.insert(&sub.name);
             }
             if !granted.contains(&raw) {
                 granted.push(raw);

@@ -30,10 +30,17 @@ pub struct Outcome {
 
 /// Deliver `ev` to the connections of `conns` that `trie` says cover its channel.
 #[inline]
-pub fn deliver_into(trie: &Trie<u32>, conns: &Slab<Rc<Conn>>, ev: &Event, send_queue_bytes: usize) -> Outcome {
+pub fn deliver_into(
+    trie: &Trie<u32>,
+    conns: &Slab<Rc<Conn>>,
+    ev: &Event,
+    send_queue_bytes: usize,
+) -> Outcome {
     let mut out = Outcome::default();
     trie.for_each_covering(&ev.channel, |key| {
-        let Some(c) = conns.get(key as usize) else { return };
+        let Some(c) = conns.get(key as usize) else {
+            return;
+        };
         if c.last_seq.get() >= ev.seq {
             return;
         }

@@ -220,6 +220,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
     let tick = (cfg.heartbeat().min(cfg.hello_timeout()) / 4)
         .clamp(Duration::from_millis(20), Duration::from_millis(500));
     let mut last_flush = Instant::now();
+    let mut last_trim = Instant::now();
     loop {
         glommio::timer::sleep(tick).await;
         let now = Instant::now();
@@ -256,6 +257,14 @@ async fn sweep_loop(shard: Rc<Shard>) {
         if now.duration_since(last_flush) > Duration::from_millis(500) {
             flush_latency(&shard);
             last_flush = now;
+        }
+        if now.duration_since(last_trim) > Duration::from_secs(2) {
+            // Idle connections give their outbound buffers back; a busy one
+            // re-grows its buffer once per trim period at most.
+            for (_, c) in shard.conns.borrow().iter() {
+                c.trim();
+            }
+            last_trim = now;
         }
     }
 }
