@@ -59,6 +59,8 @@ impl ShardMetrics {
 
 #[derive(Default)]
 pub struct BusMetrics {
+    /// Unix seconds of the last "events dropped" log line (one a minute at most).
+    last_drop_log: AtomicU64,
     pub received: AtomicU64,
     pub dropped: [AtomicU64; DROP_REASONS.len()],
     pub redis_up: AtomicBool,
@@ -66,8 +68,16 @@ pub struct BusMetrics {
 }
 
 impl BusMetrics {
+    /// Count a dropped event; log it, rate-limited to one line a minute.
     pub fn dropped(&self, reason: &str) {
         self.dropped[drop_index(reason)].fetch_add(1, Relaxed);
+        if matches!(reason, "queue_full" | "publish_failed" | "redis_down") {
+            let now = crate::auth::now_secs();
+            let last = self.last_drop_log.load(Relaxed);
+            if now >= last + 60 && self.last_drop_log.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+                tracing::warn!(reason, "events are being dropped (see xcord_events_dropped_total); logged once a minute");
+            }
+        }
     }
 }
 
