@@ -68,6 +68,11 @@ pub struct Plan {
     pub channel_names: Vec<String>,
     pub conns: Vec<ConnPlan>,
     pub chooser: Chooser,
+    /// Chat with `server_tree`: presence deliveries the gateway owes when every user
+    /// comes online (Σ members² over servers); 0 otherwise.
+    pub presence_fanout: u64,
+    /// Chat: members of the biggest server.
+    pub largest_server: u64,
 }
 
 impl Plan {
@@ -139,6 +144,8 @@ fn uniform(s: &Scenario) -> Plan {
         channel_names,
         conns,
         chooser: Chooser::RoundRobin(c as u32),
+        presence_fanout: 0,
+        largest_server: 0,
     }
 }
 
@@ -154,7 +161,8 @@ fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
 
 fn draw(cdf: &[f64], rng: &mut fastrand::Rng) -> usize {
     let x = rng.f64() * cdf.last().copied().unwrap_or(1.0);
-    cdf.partition_point(|c| *c <= x).min(cdf.len().saturating_sub(1))
+    cdf.partition_point(|c| *c <= x)
+        .min(cdf.len().saturating_sub(1))
 }
 
 fn chat(s: &Scenario, seed: u64) -> Plan {
@@ -217,11 +225,16 @@ fn chat(s: &Scenario, seed: u64) -> Plan {
             let mut servers = Vec::new();
             for &sv in &member_of[u] {
                 servers.push(format!("lts{sv}"));
-                subscribe.push(format!("server:lts{sv}"));
+                if s.server_tree {
+                    subscribe.push(format!("server:lts{sv}"));
+                }
                 for c in 0..cps {
                     let idx = sv * cps + c;
                     tracked.push(idx as u32);
                     typing.push(channel_names[idx].clone());
+                    if !s.server_tree {
+                        subscribe.push(channel_names[idx].clone());
+                    }
                 }
             }
             let mut dms = Vec::new();
@@ -260,10 +273,22 @@ fn chat(s: &Scenario, seed: u64) -> Plan {
         acc += s.dm_fraction / dm_channels as f64;
         cdf.push(acc);
     }
+    let mut members = vec![0u64; s.servers];
+    for mine in &member_of {
+        for &sv in mine {
+            members[sv] += 1;
+        }
+    }
     Plan {
         channel_names,
         conns,
         chooser: Chooser::Weighted(cdf),
+        presence_fanout: if s.server_tree {
+            members.iter().map(|m| m * m).sum()
+        } else {
+            0
+        },
+        largest_server: members.iter().copied().max().unwrap_or(0),
     }
 }
 
@@ -303,9 +328,23 @@ mod tests {
         // 2 servers x 3 channels + its DMs.
         let dms = c.subscribe.iter().filter(|x| x.starts_with("dm:")).count();
         assert_eq!(c.tracked.len(), 6 + dms);
+        assert_eq!(c.subscribe.len(), 6 + dms);
+        assert_eq!(p.presence_fanout, 0);
+        let tree = Plan::build(
+            &Scenario {
+                server_tree: true,
+                ..s.clone()
+            },
+            7,
+        );
+        assert_eq!(tree.conns[5].subscribe.len(), 2 + dms);
+        assert!(tree.presence_fanout >= 200 * 2);
         for &t in &c.tracked {
             let name = &p.channel_names[t as usize];
-            assert!(c.subscribe.iter().any(|s| name == s || name.starts_with(&format!("{s}:"))));
+            assert!(c
+                .subscribe
+                .iter()
+                .any(|s| name == s || name.starts_with(&format!("{s}:"))));
         }
         let mut rng = fastrand::Rng::with_seed(3);
         for i in 0..1000 {

@@ -67,6 +67,21 @@ pub fn host_mem_bytes() -> Option<u64> {
     status_kb(&m, "MemTotal:")
 }
 
+/// CPUs this process may run on (its affinity mask, as set by taskset).
+pub fn affinity_cpus() -> usize {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let n = libc::CPU_COUNT(&set);
+            if n > 0 {
+                return n as usize;
+            }
+        }
+    }
+    host_cores()
+}
+
 pub fn host_cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

@@ -84,11 +84,19 @@ pub struct Scenario {
     pub connect_rate: f64,
     /// Bound on one attempt: TCP + WebSocket upgrade + HELLO + every SUBSCRIBE.
     pub connect_timeout_s: f64,
+    /// A failed attempt (refused, shed, timed out) is retried this many times, after
+    /// a jittered exponential backoff, as a real client would; 0 = never.
+    pub connect_retries: u32,
+    /// First retry backoff (doubled per retry, capped at 5 s, full jitter).
+    pub connect_retry_backoff_ms: u64,
     /// After the first connect, close every connection and reconnect them all at once,
     /// this many times, before the measured phase.
     pub reconnect_rounds: u32,
     /// After the last publish, wait up to this long for outstanding deliveries.
     pub drain_grace_s: f64,
+    /// Before measuring, wait (at most this long) until the gateway's own connect-time
+    /// events (presence) have stopped arriving; 0 = do not wait.
+    pub settle_max_s: f64,
     /// Send PING at the heartbeat interval (without it the gateway closes idle
     /// connections 4009 after 2x the interval).
     pub ping: bool,
@@ -103,6 +111,10 @@ pub struct Scenario {
     pub channels_per_server: usize,
     /// Chat: servers each user belongs to (drawn with Zipf popularity).
     pub servers_per_user: usize,
+    /// Chat: subscribe to each server's whole tree (`server:{sid}`, which also carries
+    /// member presence: at connect, every user's presence goes to every member of each
+    /// of its servers, O(members²) for a big server) instead of its text channels.
+    pub server_tree: bool,
     /// Chat: Zipf exponent of server membership and channel popularity.
     pub zipf_exponent: f64,
     /// Chat: DM conversations per user (about; each has two members).
@@ -142,14 +154,18 @@ impl Default for Scenario {
             connect_concurrency: 256,
             connect_rate: 0.0,
             connect_timeout_s: 30.0,
+            connect_retries: 0,
+            connect_retry_backoff_ms: 100,
             reconnect_rounds: 0,
             drain_grace_s: 5.0,
+            settle_max_s: 30.0,
             ping: true,
             ping_interval_ms: 0,
             source_addrs: 0,
             servers: 500,
             channels_per_server: 5,
             servers_per_user: 3,
+            server_tree: false,
             zipf_exponent: 1.0,
             dms_per_user: 4,
             dm_fraction: 0.3,
@@ -168,68 +184,109 @@ impl Default for Scenario {
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(next_help_heading = "Scenario overrides (each key of a scenario file)")]
 pub struct Overrides {
+    /// uniform (every channel the same size) or chat.
     #[arg(long)]
     pub topology: Option<Topology>,
+    /// Uniform: server or live channels.
     #[arg(long)]
     pub channel_kind: Option<ChannelKind>,
+    /// Connections to open (one user each).
     #[arg(long)]
     pub connections: Option<usize>,
+    /// Uniform: published channels.
     #[arg(long)]
     pub channels: Option<usize>,
     /// Uniform topology: sets `channels` to connections x subscriptions / this.
     #[arg(long)]
     pub subscribers_per_channel: Option<usize>,
+    /// Uniform: channels per connection.
     #[arg(long)]
     pub subscriptions_per_connection: Option<usize>,
     /// Events per second.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Seconds of publishing (the measured phase).
     #[arg(long)]
     pub duration_s: Option<f64>,
+    /// Bytes of each published body (padded).
     #[arg(long)]
     pub event_bytes: Option<usize>,
+    /// redis (PUBLISH, as a backend) or admin (POST /api/v1/publish).
     #[arg(long)]
     pub publisher: Option<PublisherKind>,
+    /// Connection attempts in flight at once.
     #[arg(long)]
     pub connect_concurrency: Option<usize>,
+    /// Connection attempts started per second; 0 = unpaced.
     #[arg(long)]
     pub connect_rate: Option<f64>,
+    /// Bound on one attempt (TCP, upgrade, HELLO, SUBSCRIBE).
     #[arg(long)]
     pub connect_timeout_s: Option<f64>,
+    /// Retries of a failed attempt (jittered exponential backoff).
+    #[arg(long)]
+    pub connect_retries: Option<u32>,
+    /// First retry backoff, doubled per retry (cap 5 s).
+    #[arg(long)]
+    pub connect_retry_backoff_ms: Option<u64>,
+    /// Times every connection closes and reconnects at once before measuring.
     #[arg(long)]
     pub reconnect_rounds: Option<u32>,
+    /// After the last publish, wait up to this for outstanding deliveries.
     #[arg(long)]
     pub drain_grace_s: Option<f64>,
+    /// Before measuring, wait up to this for connect-time events to stop.
+    #[arg(long)]
+    pub settle_max_s: Option<f64>,
+    /// PING at the heartbeat interval.
     #[arg(long)]
     pub ping: Option<bool>,
+    /// PING period; 0 = heartbeatInterval from HELLO_ACK.
     #[arg(long)]
     pub ping_interval_ms: Option<u64>,
+    /// Source addresses 127.0.0.1..=127.0.0.N; 0 = one per 20000 connections.
     #[arg(long)]
     pub source_addrs: Option<usize>,
+    /// Chat: servers.
     #[arg(long)]
     pub servers: Option<usize>,
+    /// Chat: text channels per server.
     #[arg(long)]
     pub channels_per_server: Option<usize>,
+    /// Chat: servers per user (Zipf-popular).
     #[arg(long)]
     pub servers_per_user: Option<usize>,
+    /// Chat: subscribe server:{sid} (with member presence) instead of its channels.
+    #[arg(long)]
+    pub server_tree: Option<bool>,
+    /// Chat: Zipf exponent of membership and channel popularity.
     #[arg(long)]
     pub zipf_exponent: Option<f64>,
+    /// Chat: DM conversations per user (about).
     #[arg(long)]
     pub dms_per_user: Option<usize>,
+    /// Chat: share of events sent to DMs.
     #[arg(long)]
     pub dm_fraction: Option<f64>,
+    /// Chat: TYPING_START per second over all connections (while measuring).
     #[arg(long)]
     pub typing_per_sec: Option<f64>,
+    /// Ramp: first step rate, events/s; 0 = rate.
     #[arg(long)]
     pub ramp_start_rate: Option<f64>,
+    /// Ramp: rate multiplier per step.
     #[arg(long)]
     pub ramp_factor: Option<f64>,
+    /// Ramp: seconds of publishing per step.
     #[arg(long)]
     pub ramp_step_s: Option<f64>,
+    /// Ramp: most steps.
     #[arg(long)]
     pub ramp_max_steps: Option<u32>,
+    /// Ramp: a step is ok while p99 <= this.
     #[arg(long)]
     pub ramp_p99_ms: Option<f64>,
+    /// Ramp: a step is ok while achieved/expected deliveries >= this.
     #[arg(long)]
     pub ramp_min_achieved: Option<f64>,
 }
@@ -284,14 +341,18 @@ impl Scenario {
             connect_concurrency,
             connect_rate,
             connect_timeout_s,
+            connect_retries,
+            connect_retry_backoff_ms,
             reconnect_rounds,
             drain_grace_s,
+            settle_max_s,
             ping,
             ping_interval_ms,
             source_addrs,
             servers,
             channels_per_server,
             servers_per_user,
+            server_tree,
             zipf_exponent,
             dms_per_user,
             dm_fraction,
@@ -366,8 +427,17 @@ impl Scenario {
             bail!("connect_rate must be >= 0 (0 = unpaced)");
         }
         pos(self.connect_timeout_s, "connect_timeout_s")?;
+        if self.connect_retries > 100 {
+            bail!("connect_retries is at most 100");
+        }
+        if self.connect_retry_backoff_ms > 60_000 {
+            bail!("connect_retry_backoff_ms is at most 60000");
+        }
         if !(self.drain_grace_s.is_finite() && self.drain_grace_s >= 0.0) {
             bail!("drain_grace_s must be >= 0");
+        }
+        if !(self.settle_max_s.is_finite() && (0.0..=3600.0).contains(&self.settle_max_s)) {
+            bail!("settle_max_s must be within 0..=3600");
         }
         if self.source_addrs > 254 {
             bail!("source_addrs is at most 254 (127.0.0.1..=127.0.0.254)");

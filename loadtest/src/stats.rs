@@ -127,7 +127,8 @@ pub fn record_latency(step: usize, us: u64) {
             }
             l
         });
-        if let Ok(mut l) = local.lock() {
+        let guard = local.lock();
+        if let Ok(mut l) = guard {
             while l.steps.len() <= step {
                 l.steps.push(new_hist());
             }
@@ -196,7 +197,11 @@ impl Percentiles {
             p99: Some(ms(h.value_at_quantile(0.99))),
             p999: Some(ms(h.value_at_quantile(0.999))),
             max: Some(ms(h.max())),
-            mean: if with_mean { Some(h.mean() / 1000.0) } else { None },
+            mean: if with_mean {
+                Some(h.mean() / 1000.0)
+            } else {
+                None
+            },
             count: h.len(),
         }
     }
