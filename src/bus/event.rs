@@ -62,13 +62,29 @@ pub fn build(
     }
     let mut ty: Option<LazyValue<'_>> = None;
     let mut payload: Option<LazyValue<'_>> = None;
+    // Where the last member's value ends: the iterator stops at the closing brace
+    // and never looks past it, so what follows is checked here.
+    let mut end = body.iter().position(|b| *b == b'{').map_or(0, |i| i + 1);
+    let range = body.as_ptr_range();
     for item in sonic_rs::to_object_iter(body) {
         let (k, v) = item.map_err(|_| DropReason::BadJson)?;
+        let raw = v.as_raw_str().as_bytes().as_ptr_range();
+        if raw.start < range.start || raw.end > range.end {
+            // Not a view into `body` (never expected): validate the hard way.
+            sonic_rs::from_slice::<serde::de::IgnoredAny>(body).map_err(|_| DropReason::BadJson)?;
+        } else {
+            end = end.max(raw.end as usize - range.start as usize);
+        }
         match &*k {
             "type" => ty = Some(v),
             "payload" => payload = Some(v),
             _ => {}
         }
+    }
+    let rest = body.get(end..).unwrap_or(&[]);
+    let mut rest = rest.iter().skip_while(|b| b.is_ascii_whitespace());
+    if rest.next() != Some(&b'}') || !rest.all(|b| b.is_ascii_whitespace()) {
+        return Err(DropReason::BadJson);
     }
     let ty = ty.ok_or(DropReason::NoType)?;
     if !ty.is_str() {
@@ -199,5 +215,30 @@ mod tests {
         let b = publish_body("x.y", r#"{"k":1}"#);
         let e = build(b"live:s", &b, 3, Instant::now()).unwrap();
         assert!(text(&e).contains(r#""event":"x.y","channel":"live:s","payload":{"k":1}"#));
+    }
+
+    /// Fuzz finding (fuzz target `event_build`, minimized input body `{}c`): the
+    /// object iterator stops at the closing brace and never looks at what follows,
+    /// so a body with trailing non-whitespace text is not dropped as `bad_json`
+    /// (and with a `type` it is even delivered).
+    #[test]
+    fn drops_trailing_garbage() {
+        let now = Instant::now();
+        for body in [
+            &b"{}c"[..],
+            b"{}0",
+            br#"{"type":"t"}xyz"#,
+            br#"{"type":"t"}}"#,
+            br#"{"type":"t","payload":1} {"#,
+        ] {
+            assert_eq!(
+                build(b"x", body, 1, now).map(|_| ()),
+                Err(DropReason::BadJson),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Trailing JSON whitespace is fine.
+        assert!(build(b"x", b"{\"type\":\"t\"} \r\n\t", 1, now).is_ok());
     }
 }
