@@ -92,6 +92,14 @@ impl Shared {
     }
 }
 
+/// io_uring depth per ring. Every idle connection keeps a poll request in the
+/// ring, and glommio cancels its preemption timers on every reactor turn; the
+/// kernel finds a request to cancel by walking a hash table whose size follows
+/// the ring's completion queue (2^(log2(cq) - 5) buckets, at most 256). At the
+/// default depth of 128 that is 8 buckets for 10k polls, and the walk was a
+/// quarter of the shard's CPU (perf, loadtest/RESULTS.md). 4096 gives 256 buckets.
+const RING_DEPTH: usize = 4096;
+
 /// The I/O memory glommio registers per executor. We do no file I/O, and the
 /// process may lock only 8 MiB here; the default 10 MiB fails to register.
 const IO_MEMORY: usize = 256 * 1024;
@@ -199,6 +207,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("xcord-shard-{i}"))
             .io_memory(IO_MEMORY)
+            .ring_depth(RING_DEPTH)
             .spawn(move || async move {
                 // SAFETY: `fd` is a listening socket this thread now owns alone.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
