@@ -49,6 +49,10 @@ pub struct HandshakeSlot {
     shed: Cell<bool>,
     waker: Cell<Option<Waker>>,
     since: Instant,
+    /// Waiting on the client (its bytes have not come), not on this shard: only
+    /// such a handshake is a slowloris suspect. A burst the shard has not got to
+    /// yet is never shed.
+    waiting_on_client: Cell<bool>,
 }
 
 /// Pending handshakes of one shard, oldest first.
@@ -64,6 +68,7 @@ impl Handshakes {
             shed: Cell::new(false),
             waker: Cell::new(None),
             since: now,
+            waiting_on_client: Cell::new(false),
         });
         let mut q = self.slots.borrow_mut();
         while q.front().is_some_and(|w| w.strong_count() == 0) {
@@ -72,20 +77,29 @@ impl Handshakes {
         if q.len() >= MAX_HANDSHAKES {
             q.retain(|w| w.strong_count() > 0);
         }
-        while q.len() >= MAX_HANDSHAKES {
-            let Some(old) = q.front().and_then(|w| w.upgrade()) else {
-                q.pop_front();
-                continue;
-            };
-            if q.len() < 4 * MAX_HANDSHAKES && now.duration_since(old.since) < SHED_AGE {
-                break; // a burst of fresh connections: not an attack (yet)
+        if q.len() >= MAX_HANDSHAKES {
+            // Shed the oldest handshakes that have waited on their client for at
+            // least SHED_AGE (a look at the first 64 is enough: the queue is in
+            // arrival order); past 4x the cap, the oldest whatever they wait for.
+            let mut shed = 0;
+            let need = q.len() + 1 - MAX_HANDSHAKES;
+            let hard = q.len() >= 4 * MAX_HANDSHAKES;
+            for w in q.iter().take(64) {
+                if shed >= need {
+                    break;
+                }
+                let Some(old) = w.upgrade() else { continue };
+                let stale = old.waiting_on_client.get() && now.duration_since(old.since) >= SHED_AGE;
+                if (stale || hard) && !old.shed.get() {
+                    old.shed.set(true);
+                    metrics.handshakes_shed.fetch_add(1, Relaxed);
+                    if let Some(w) = old.waker.take() {
+                        w.wake();
+                    }
+                    shed += 1;
+                }
             }
-            q.pop_front();
-            metrics.handshakes_shed.fetch_add(1, Relaxed);
-            old.shed.set(true);
-            if let Some(w) = old.waker.take() {
-                w.wake();
-            }
+            q.retain(|w| w.upgrade().is_some_and(|s| !s.shed.get()));
         }
         q.push_back(Rc::downgrade(&slot));
         slot
@@ -129,10 +143,14 @@ async fn read_into(
         }
         match Pin::new(&mut *stream).poll_read(cx, buf) {
             Poll::Pending => {
+                slot.waiting_on_client.set(true);
                 slot.waker.set(Some(cx.waker().clone()));
                 Poll::Pending
             }
-            r => r,
+            r => {
+                slot.waiting_on_client.set(false);
+                r
+            }
         }
     })
     .await
