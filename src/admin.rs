@@ -118,6 +118,9 @@ fn publish(shared: &Shared, req: &mut Request) -> Response<std::io::Cursor<Vec<u
     {
         return json(413, r#"{"error":"body too large or unreadable"}"#);
     }
+    if !crate::protocol::depth::nesting_within(&body, crate::protocol::depth::MAX_DEPTH) {
+        return json(400, r#"{"error":"body nests too deeply"}"#);
+    }
     let v: sonic_rs::Value = match sonic_rs::from_slice(&body) {
         Ok(v) => v,
         Err(_) => return json(400, r#"{"error":"body is not JSON"}"#),

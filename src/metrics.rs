@@ -74,7 +74,12 @@ impl BusMetrics {
         if matches!(reason, "queue_full" | "publish_failed" | "redis_down") {
             let now = crate::auth::now_secs();
             let last = self.last_drop_log.load(Relaxed);
-            if now >= last + 60 && self.last_drop_log.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+            if now >= last + 60
+                && self
+                    .last_drop_log
+                    .compare_exchange(last, now, Relaxed, Relaxed)
+                    .is_ok()
+            {
                 tracing::warn!(reason, "events are being dropped (see xcord_events_dropped_total); logged once a minute");
             }
         }

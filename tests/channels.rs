@@ -258,13 +258,22 @@ fn bad_events_are_dropped_and_counted_without_disturbing_the_next() {
     redis.publish_raw("live:x", r#"{"payload":{"no":"type"}}"#);
     redis.publish_raw("live:x", r#"{"type":42}"#);
     redis.publish_raw("live:x", r#"["a", {}]"#);
+    // deep enough to overflow a parser's stack: dropped, and the gateway lives on
+    redis.publish_raw(
+        "live:x",
+        &format!(
+            r#"{{"type":"t","payload":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    );
     redis.publish("live:x", "good", json!({"ok": true}));
     let ev = c.expect_event();
     assert_eq!(ev["payload"]["event"], "good");
     assert_eq!(ev["payload"]["payload"], json!({"ok": true}));
     assert!(eventually(Duration::from_secs(5), || gw
         .metric("xcord_events_dropped_total{reason=\"bad_json\"}")
-        == 2.0
+        == 3.0
         && gw.metric("xcord_events_dropped_total{reason=\"no_type\"}")
             == 2.0));
     assert!(gw.metric("xcord_events_received_total") >= 5.0);

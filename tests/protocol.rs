@@ -325,3 +325,19 @@ fn client_close_is_recorded_with_its_code() {
         .metric("xcord_connections{")
         == 0.0));
 }
+
+#[test]
+fn deeply_nested_frame_is_4002_and_the_node_lives_on() {
+    let gw = Gateway::start(&["--max-message-size", "256KiB"]);
+    let (mut other, _) = Client::hello(&gw, &token("bystander", &[], &[]));
+    let (mut c, _) = Client::hello(&gw, &token("nester", &[], &[]));
+    let deep = format!(
+        r#"{{"type":"SUBSCRIBE","payload":{{"channels":{}{}}}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    c.send_text(&deep);
+    assert_eq!(c.expect_close(), Some(4002));
+    other.send(json!({"type": "PING", "payload": {}}));
+    other.expect("PONG");
+}

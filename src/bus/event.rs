@@ -56,6 +56,10 @@ pub fn build(
     if channel.is_empty() || channel.len() > 1024 {
         return Err(DropReason::BadChannel);
     }
+    // The parser recurses without a depth limit: refuse deep nesting first.
+    if !crate::protocol::depth::nesting_within(body, crate::protocol::depth::MAX_DEPTH) {
+        return Err(DropReason::BadJson);
+    }
     // Only an object is an event.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(DropReason::BadJson);
@@ -82,8 +86,10 @@ pub fn build(
         }
     }
     let rest = body.get(end..).unwrap_or(&[]);
-    let mut rest = rest.iter().skip_while(|b| b.is_ascii_whitespace());
-    if rest.next() != Some(&b'}') || !rest.all(|b| b.is_ascii_whitespace()) {
+    // JSON whitespace only (RFC 8259 §2): `is_ascii_whitespace` also admits form feed.
+    let json_ws = |b: &&u8| matches!(**b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut rest = rest.iter().skip_while(json_ws);
+    if rest.next() != Some(&b'}') || !rest.all(|b| json_ws(&b)) {
         return Err(DropReason::BadJson);
     }
     let ty = ty.ok_or(DropReason::NoType)?;
@@ -240,5 +246,49 @@ mod tests {
         }
         // Trailing JSON whitespace is fine.
         assert!(build(b"x", b"{\"type\":\"t\"} \r\n\t", 1, now).is_ok());
+    }
+
+    /// Fuzz finding (fuzz target `event_build`, after the trailing-text fix): a form
+    /// feed is ASCII whitespace but not JSON whitespace, so `{..}\x0c` is not JSON.
+    #[test]
+    fn form_feed_is_not_json_whitespace() {
+        let now = Instant::now();
+        for body in [
+            &b"{\"type\":\"t\"}\x0c"[..],
+            b"{}\r\x0c",
+            b"{\"type\":\"t\"} \x0c ",
+        ] {
+            assert_eq!(
+                build(b"x", body, 1, now).map(|_| ()),
+                Err(DropReason::BadJson),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            build(b"x", b"\x0c{\"type\":\"t\"}", 1, now).map(|_| ()),
+            Err(DropReason::BadJson)
+        );
+    }
+
+    /// Fuzzing follow-up (a probe past libFuzzer's 4 KiB inputs): sonic-rs skips
+    /// nested values recursively with no depth limit (upstream cloudwego/sonic-rs#232),
+    /// so one deeply nested payload (~20 KB) overflows the bus thread's 2 MiB stack
+    /// and aborts the whole gateway. It should be dropped as `bad_json` instead.
+    #[test]
+    fn deep_nesting_is_dropped_not_a_crash() {
+        let depth = 100_000;
+        let body = format!(
+            r#"{{"type":"t","payload":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let r = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || build(b"x", body.as_bytes(), 1, Instant::now()).map(|_| ()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(r, Err(DropReason::BadJson));
     }
 }

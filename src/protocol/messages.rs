@@ -133,6 +133,10 @@ fn opt_token(payload: Option<&Value>, kind: &'static str) -> Result<Option<Strin
 
 /// Decode one client text frame.
 pub fn decode(text: &[u8]) -> Result<ClientMsg, DecodeError> {
+    // Refused before parsing: the parser recurses without a depth limit.
+    if !super::depth::nesting_within(text, super::depth::MAX_DEPTH) {
+        return Err(DecodeError::NotJson);
+    }
     let v: Value = sonic_rs::from_slice(text).map_err(|_| DecodeError::NotJson)?;
     if !v.is_object() {
         return Err(DecodeError::BadPayload {
@@ -350,5 +354,27 @@ mod tests {
             e,
             br#"{"type":"ERROR","payload":{"code":"FORBIDDEN","message":"no","channel":"dm:x"}}"#
         );
+    }
+
+    /// Fuzzing follow-up (a probe past libFuzzer's 4 KiB inputs): sonic-rs parses a
+    /// `Value` recursively with no depth limit (upstream cloudwego/sonic-rs#239), so a
+    /// ~20 KB frame of nested arrays overflows a 2 MiB shard stack and aborts the
+    /// process whenever --max-message-size allows frames that large. It should be
+    /// refused like any other bad frame.
+    #[test]
+    fn deep_nesting_is_refused_not_a_crash() {
+        let depth = 100_000;
+        let text = format!(
+            r#"{{"type":"SUBSCRIBE","payload":{{"channels":{}{}}}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let r = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || decode(text.as_bytes()))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(r.is_err(), "{r:?}");
     }
 }

@@ -89,7 +89,8 @@ impl Handshakes {
                     break;
                 }
                 let Some(old) = w.upgrade() else { continue };
-                let stale = old.waiting_on_client.get() && now.duration_since(old.since) >= SHED_AGE;
+                let stale =
+                    old.waiting_on_client.get() && now.duration_since(old.since) >= SHED_AGE;
                 if (stale || hard) && !old.shed.get() {
                     old.shed.set(true);
                     metrics.handshakes_shed.fetch_add(1, Relaxed);
