@@ -51,53 +51,63 @@ fn newest(dir: &Path) -> Option<SystemTime> {
 /// (e.g. `cargo test -p xcord-loadtest` on a fresh tree) it is built here, once.
 fn gateway_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let me = PathBuf::from(env!("CARGO_BIN_EXE_xcord-loadtest"));
-        let profile_dir = me.parent().expect("binary directory").to_path_buf();
-        let target_dir = profile_dir
-            .parent()
-            .expect("target directory")
-            .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let bin = profile_dir.join("xcord-gateway");
-        let sources = [
-            newest(&workspace.join("src")),
-            newest(&workspace.join("Cargo.toml")),
-            newest(&workspace.join("Cargo.lock")),
-        ]
-        .into_iter()
-        .flatten()
-        .max();
-        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        if let (Some(b), Some(s)) = (built, sources) {
-            if b >= s {
-                return bin;
-            }
+    BIN.get_or_init(|| workspace_binary("xcord-gateway", "xcord-gateway", "src"))
+        .clone()
+}
+
+fn tune_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("xcord-tune", "xcord-tune", "tuning/src"))
+        .clone()
+}
+
+/// A binary of another workspace package, built into this test's target dir when
+/// it is missing or older than its sources (instant under `cargo test --workspace`).
+fn workspace_binary(package: &str, bin_name: &str, src: &str) -> PathBuf {
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_xcord-loadtest"));
+    let profile_dir = me.parent().expect("binary directory").to_path_buf();
+    let target_dir = profile_dir
+        .parent()
+        .expect("target directory")
+        .to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let bin = profile_dir.join(bin_name);
+    let sources = [
+        newest(&workspace.join(src)),
+        newest(&workspace.join("Cargo.toml")),
+        newest(&workspace.join("Cargo.lock")),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    if let (Some(b), Some(s)) = (built, sources) {
+        if b >= s {
+            return bin;
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.arg("build")
-            .arg("-p")
-            .arg("xcord-gateway")
-            .arg("--bin")
-            .arg("xcord-gateway")
-            .arg("--manifest-path")
-            .arg(workspace.join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build -p xcord-gateway");
-        assert!(st.success(), "cargo build -p xcord-gateway failed");
-        assert!(bin.exists(), "no gateway binary at {}", bin.display());
-        bin
-    })
-    .clone()
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("-p")
+        .arg(package)
+        .arg("--bin")
+        .arg(bin_name)
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    if release {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().expect("run cargo build");
+    assert!(st.success(), "cargo build -p {package} failed");
+    assert!(bin.exists(), "no binary at {}", bin.display());
+    bin
 }
 
 struct Redis {
@@ -489,4 +499,56 @@ fn ramp_reports_steps() {
     assert!(steps.iter().all(|s| s["ok"] == true && s["missing"] == 0));
     assert!(v["saturation_deliveries_per_sec"].is_number());
     assert_eq!(u(&v, &["deliveries", "missing"]), 0);
+}
+
+/// Issue 6's end-to-end check: a short real run's result feeds `xcord-tune
+/// capacity`, whose limits follow from the measured figures by its stated formulas.
+#[test]
+fn a_real_result_feeds_xcord_tune_capacity() {
+    let _g = serial();
+    let redis = Redis::start();
+    let gw = Gateway::start(&redis);
+    let (out, v) = loadtest(&gw, &redis, "tune", SMALL_FANOUT);
+    assert_eq!(out.status.code(), Some(0));
+    assert_clean(&v, 300);
+    let path = scratch("tune").join("result.json");
+    let tuned = Command::new(tune_binary())
+        .args([
+            "capacity",
+            "--from",
+            &path.display().to_string(),
+            "--host-cores",
+            "2",
+            "--host-mem",
+            "24",
+            "--target-connections",
+            "100000",
+            "--target-events-per-sec",
+            "500",
+            "--json",
+        ])
+        .output()
+        .expect("run xcord-tune");
+    let stdout = String::from_utf8_lossy(&tuned.stdout);
+    assert_eq!(
+        tuned.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&tuned.stderr)
+    );
+    let j: Value = serde_json::from_str(&stdout).expect("capacity --json");
+    let f = |x: &Value| x.as_f64().unwrap_or_else(|| panic!("not a number: {x}"));
+    let measured_bytes = f(&v["gateway"]["rss_bytes_per_connection"]);
+    // bytes per connection = the measured RSS slope + 4 KiB of kernel socket memory
+    assert_eq!(
+        f(&j["limits"]["bytes_per_connection"]),
+        measured_bytes + 4096.0
+    );
+    let cpu = f(&v["gateway"]["cpu_seconds_per_million_deliveries"]);
+    // deliveries/s by CPU = cores x 70% x 10^6 / measured CPU-s per million
+    let want = 2.0 * 0.7 * 1e6 / cpu;
+    assert!((f(&j["limits"]["deliveries_per_sec_by_cpu"]) - want).abs() < 1e-6 * want);
+    assert_eq!(j["complete"], true);
+    assert!(f(&j["target"]["hosts"]) >= 1.0);
+    assert!(j["target"]["binding"].is_string());
 }
