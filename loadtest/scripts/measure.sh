@@ -4,6 +4,7 @@
 # its own gateway and redis-server on loopback and ends them by PID.
 #
 #   bash loadtest/scripts/measure.sh OUTDIR [fanout|broadcast|ramp|ramp2|memory|all]
+#   GW_EXTRA="--replay-buffer-bytes 64KiB" bash loadtest/scripts/measure.sh OUTDIR memory   (extra gateway flags)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-/tmp/xcord-results}; WHAT=${2:-all}
@@ -17,7 +18,7 @@ run() { # name shards-cpus shards loadtest-args...
   taskset -c 1 redis-server --port $rport --bind 127.0.0.1 --save "" --appendonly no >"$OUT/$name.redis.log" 2>&1 & local rpid=$!
   sleep 0.5
   taskset -c "$cpus" $GW --shards "$shards" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-    --jwt-secret bench-secret --admin-token bench-admin --redis redis://127.0.0.1:$rport/ 2>"$OUT/$name.gateway.log" & local gpid=$!
+    --jwt-secret bench-secret --admin-token bench-admin --redis redis://127.0.0.1:$rport/ ${GW_EXTRA:-} 2>"$OUT/$name.gateway.log" & local gpid=$!
   local addr=""
   for _ in $(seq 100); do
     addr=$(grep -o 'node: listening on [0-9.:]*' "$OUT/$name.gateway.log" | awk '{print $4}' || true)
