@@ -52,3 +52,28 @@ print(f"memory slope 2k->15k: ({rb} - {ra}) / ({nb} - {na}) = {(rb - ra) / (nb -
 PY
   ;;
 esac
+
+# Issue 6 validation: predict from a 2k-connection run how many connections fit a
+# gateway RSS budget, then measure at that count.
+#   BUDGET_MIB=112 bash loadtest/scripts/measure.sh OUTDIR validate
+case $WHAT in validate)
+  BUDGET_MIB=${BUDGET_MIB:-112}
+  export GW_EXTRA="--replay-buffer-bytes 64KiB"
+  # paced connects, so the samples see the settled cost (buffers trimmed, allocator purged)
+  run val2k 0 1 --scenario fanout --connections 2000 --channels 20 --subscriptions-per-connection 2 --rate 10 --duration-s 3 --connect-rate ${VAL_CONNECT_RATE:-200}
+  target/release/xcord-tune capacity --from "$OUT/val2k.json" --host-cores 1 --shards 1 \
+    --host-mem "$(python3 -c "print($BUDGET_MIB/1024)")" --mem-reserve 0 --kernel-bytes-per-connection 0 \
+    --replay-buffer-bytes 65536 --json > "$OUT/val-capacity.json"
+  N=$(python3 -c "import json;print(json.load(open('$OUT/val-capacity.json'))['limits']['connections_by_memory'])")
+  echo "predicted connections at ${BUDGET_MIB} MiB RSS: $N"
+  run valN 0 1 --scenario fanout --connections "$N" --channels $(( (N + 199) / 200 )) --subscriptions-per-connection 2 --rate 10 --duration-s 3 --source-addrs 2
+  python3 - "$OUT" "$BUDGET_MIB" "$N" <<'PY'
+import json, sys
+o, budget, n = sys.argv[1], float(sys.argv[2]) * 1024 * 1024, int(sys.argv[3])
+r = json.load(open(f"{o}/valN.json"))
+rss = r["gateway"]["rss_bytes_end"]  # settled, as the prediction's intercept
+est = r["connections"]["established"]
+print(f"measured at {est} connections: settled RSS {rss/2**20:.1f} MiB vs budget {budget/2**20:.0f} MiB: {100*(rss-budget)/budget:+.1f}%")
+PY
+  ;;
+esac

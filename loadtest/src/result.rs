@@ -126,6 +126,11 @@ pub struct Gateway {
     pub rss_bytes_after_connect: Option<u64>,
     pub rss_bytes_end: Option<u64>,
     pub rss_bytes_per_connection: Option<f64>,
+    /// RSS growth per connection, a least-squares fit over samples taken through
+    /// the last three quarters of the connect phase: the fixed costs of the first
+    /// connections (allocator segments, tables that grow by doubling) are out of
+    /// it, so it extrapolates.
+    pub rss_bytes_per_connection_marginal: Option<f64>,
     pub cpu_seconds_connect: Option<f64>,
     pub cpu_seconds_measure: Option<f64>,
     pub cpu_seconds_per_million_deliveries: Option<f64>,

@@ -123,6 +123,9 @@ fn gw_text(pid: Option<u32>, prev: &mut Option<(std::time::Instant, Sample)>) ->
 /// Per-round connection statistics.
 struct RoundStats {
     round: Round,
+    /// The gateway's RSS sampled as the connect phase passed 25%, 30%, … 100%
+    /// of the connections: (established then, RSS bytes), for the marginal slope.
+    rss_points: Vec<(usize, u64)>,
     ok: Vec<bool>,
     handshake: hdrhistogram::Histogram<u64>,
     errors: BTreeMap<String, u64>,
@@ -148,6 +151,24 @@ fn error_kind(e: &str) -> String {
         s.truncate(cut);
     }
     s
+}
+
+/// Least-squares slope of RSS over established connections (bytes per connection),
+/// from the samples of the last three quarters of the connect phase: the allocator
+/// grows RSS in steps, so a fit over many points beats two.
+fn slope(points: &[(usize, u64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0 as f64).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1 as f64).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 as f64 - mx).powi(2)).sum();
+    let sxy: f64 = points
+        .iter()
+        .map(|p| (p.0 as f64 - mx) * (p.1 as f64 - my))
+        .sum();
+    (sxx > 0.0).then(|| sxy / sxx)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -181,6 +202,8 @@ async fn collect_round(
         );
     let (mut attempts, mut retried) = (0u64, 0u64);
     let mut gw_prev = None;
+    let mut rss_points: Vec<(usize, u64)> = Vec::new();
+    let mut next_mark = n.div_ceil(4).max(1);
     while good + bad < n {
         let now = Instant::now();
         if now >= deadline || abort.load(Relaxed) {
@@ -198,6 +221,13 @@ async fn collect_round(
                 match rep.result {
                     Ok(c) => {
                         good += 1;
+                        if good >= next_mark && n >= 20 {
+                            if let Some(rss) = pid.and_then(|p| procstat::sample(Some(p)).rss_bytes)
+                            {
+                                rss_points.push((good, rss));
+                            }
+                            next_mark = good + n.div_ceil(20);
+                        }
                         ok[rep.id] = true;
                         stats::record_into(&mut hs, c.handshake.as_micros() as u64);
                         stats::record_into(&mut sub, c.subscribe.as_micros() as u64);
@@ -231,6 +261,7 @@ async fn collect_round(
     }
     let span = last_ok.duration_since(start).as_secs_f64();
     RoundStats {
+        rss_points,
         round: Round {
             round,
             target: n,
@@ -922,6 +953,7 @@ fn assemble(
         rss_bytes_after_connect: g_after.and_then(|s| s.rss_bytes),
         rss_bytes_end: g_end.and_then(|s| s.rss_bytes),
         rss_bytes_per_connection: per_conn(g_before, g_after),
+        rss_bytes_per_connection_marginal: slope(&first.rss_points),
         cpu_seconds_connect: match (g_before, g_after) {
             (Some(a), Some(b)) => procstat::cpu_between(&a, &b),
             _ => None,

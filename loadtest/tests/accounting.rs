@@ -538,7 +538,11 @@ fn a_real_result_feeds_xcord_tune_capacity() {
     );
     let j: Value = serde_json::from_str(&stdout).expect("capacity --json");
     let f = |x: &Value| x.as_f64().unwrap_or_else(|| panic!("not a number: {x}"));
-    let measured_bytes = f(&v["gateway"]["rss_bytes_per_connection"]);
+    // the marginal slope (second half of the connect phase) when it is usable
+    let measured_bytes = v["gateway"]["rss_bytes_per_connection_marginal"]
+        .as_f64()
+        .filter(|b| *b > 0.0)
+        .unwrap_or_else(|| f(&v["gateway"]["rss_bytes_per_connection"]));
     // bytes per connection = the measured RSS slope + 4 KiB of kernel socket memory
     assert_eq!(
         f(&j["limits"]["bytes_per_connection"]),

@@ -265,9 +265,29 @@ pub fn plan(m: &Measurement, o: &Options) -> Result<Plan, String> {
         "Memory reserve: {:.0}% of RAM stays free for the kernel, page cache and bursts (a slow consumer holds up to --send-queue-bytes before it is closed 4010).",
         o.mem_reserve * 100.0
     ));
-    let (base, base_src) = match m.rss_before {
-        Some(b) => (b, "measured RSS before connect"),
-        None => {
+    // With the marginal slope measured, the fixed cost is the line's intercept:
+    // RSS after connect less the marginal cost of the connections it holds. It
+    // includes what the first connections cost once (allocator segments, tables
+    // grown by doubling), which RSS before connect does not.
+    let settled = m.rss_end.or(m.rss_after);
+    let intercept = match (
+        o.bytes_per_conn,
+        m.rss_per_connection_marginal,
+        settled,
+        m.established,
+    ) {
+        (None, Some(mc), Some(a), Some(e)) if mc > 0.0 && e > 0.0 => {
+            Some(a - e * mc).filter(|i| m.rss_before.is_none_or(|b| *i >= b))
+        }
+        _ => None,
+    };
+    let (base, base_src) = match (intercept, m.rss_before) {
+        (Some(i), _) => (
+            i,
+            "settled RSS at the end of the run less the marginal cost of its connections",
+        ),
+        (None, Some(b)) => (b, "measured RSS before connect"),
+        (None, None) => {
             assumptions.push(format!(
                 "Base RSS not measured: assumed {}.",
                 bytes(crate::needs::BASE_RSS)
@@ -289,6 +309,10 @@ pub fn plan(m: &Measurement, o: &Options) -> Result<Plan, String> {
     ));
     let user_per_conn: Option<(f64, String)> = match (o.bytes_per_conn, m.rss_per_connection) {
         (Some(b), _) => Some((b, "RSS per connection (--bytes-per-connection)".into())),
+        (None, _) if m.rss_per_connection_marginal.is_some_and(|b| b > 0.0) => Some((
+            m.rss_per_connection_marginal.unwrap_or_default(),
+            "RSS per connection (measured: slope over the last 3/4 of the connect phase)".into(),
+        )),
         (None, Some(b)) if b > 0.0 => Some((b, "RSS per connection (measured)".into())),
         (None, Some(b)) => {
             warnings.push(format!(
@@ -768,7 +792,9 @@ mod tests {
             gateway_measured: true,
             rss_before: Some(12_000_000.0),
             rss_after: Some(52_000_000.0),
+            rss_end: None,
             rss_per_connection: Some(4_000.0),
+            rss_per_connection_marginal: None,
             cpu_seconds_measure: Some(6.0),
             cpu_seconds_per_million: Some(10.0),
             saturation_deliveries_per_sec: None,

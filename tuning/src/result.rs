@@ -34,7 +34,11 @@ pub struct Measurement {
     pub gateway_measured: bool,
     pub rss_before: Option<f64>,
     pub rss_after: Option<f64>,
+    /// RSS at the end of the run (idle buffers given back): the settled state.
+    pub rss_end: Option<f64>,
     pub rss_per_connection: Option<f64>,
+    /// Growth over the second half of the connect phase (preferred: it extrapolates).
+    pub rss_per_connection_marginal: Option<f64>,
     pub cpu_seconds_measure: Option<f64>,
     pub cpu_seconds_per_million: Option<f64>,
     pub saturation_deliveries_per_sec: Option<f64>,
@@ -79,8 +83,10 @@ pub fn parse(text: &str) -> Result<Measurement, String> {
         gateway_measured,
         rss_before: count(&v, &["gateway", "rss_bytes_before_connect"])?,
         rss_after: count(&v, &["gateway", "rss_bytes_after_connect"])?,
+        rss_end: count(&v, &["gateway", "rss_bytes_end"])?,
         // May be negative in a noisy run (RSS fell); the caller rejects that.
         rss_per_connection: number(&v, &["gateway", "rss_bytes_per_connection"])?,
+        rss_per_connection_marginal: number(&v, &["gateway", "rss_bytes_per_connection_marginal"])?,
         cpu_seconds_measure: count(&v, &["gateway", "cpu_seconds_measure"])?,
         cpu_seconds_per_million: count(&v, &["gateway", "cpu_seconds_per_million_deliveries"])?,
         saturation_deliveries_per_sec: count(&v, &["saturation_deliveries_per_sec"])?,
