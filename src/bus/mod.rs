@@ -228,6 +228,16 @@ impl Router {
     }
 }
 
+/// `PUBLISH events:{channel} body`, as a backend does.
+fn publish_pipe(channel: &str, body: Vec<u8>) -> ::redis::Pipeline {
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("PUBLISH")
+        .arg(format!("events:{channel}"))
+        .arg(body)
+        .ignore();
+    pipe
+}
+
 /// What shards, the admin route and the node hold to reach the bus.
 pub struct Bus {
     routes: Sender<RouteOp>,
@@ -320,14 +330,9 @@ impl Bus {
                 }
             }
             BusKind::Redis(cmds) => {
-                let mut pipe = ::redis::pipe();
-                pipe.cmd("PUBLISH")
-                    .arg(format!("events:{channel}"))
-                    .arg(body)
-                    .ignore();
                 let m = self.metrics.clone();
                 cmds.submit(
-                    pipe,
+                    publish_pipe(channel, body),
                     Box::new(move |r| {
                         if r.is_err() {
                             m.bus.dropped("publish_failed");
@@ -353,15 +358,12 @@ impl Bus {
                     body,
                 })
                 .map_err(|_| "the in-process bus is full".to_owned()),
-            BusKind::Redis(cmds) => {
-                let mut pipe = ::redis::pipe();
-                pipe.cmd("PUBLISH")
-                    .arg(format!("events:{channel}"))
-                    .arg(body)
-                    .ignore();
-                cmds.query_blocking(pipe, std::time::Duration::from_secs(3))
-                    .map(|_| ())
-            }
+            BusKind::Redis(cmds) => cmds
+                .query_blocking(
+                    publish_pipe(channel, body),
+                    std::time::Duration::from_secs(3),
+                )
+                .map(|_| ()),
         }
     }
 }

@@ -30,10 +30,6 @@ struct Job {
     reply: Reply,
 }
 
-/// Hooks the node runs on the command thread each time the pub/sub link comes back
-/// (presence re-assertion after a Redis restart).
-pub type OnReconnect = Box<dyn Fn(&mut redis::Connection) + Send>;
-
 /// Handle to the command thread.
 #[derive(Clone)]
 pub struct Commands {
