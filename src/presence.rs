@@ -45,9 +45,21 @@ use crate::shard::Shard;
 /// What shards tell the presence thread.
 #[derive(Debug)]
 pub enum Change {
-    Start { user: String, servers: Vec<String> },
-    End { user: String },
-    Set { user: String, status: String },
+    /// `done` fires once the session is counted (in Redis, with `--redis`): HELLO_ACK
+    /// waits for it, so a session on another node that closes right after this one
+    /// is acknowledged can never make the user flap offline.
+    Start {
+        user: String,
+        servers: Vec<String>,
+        done: Option<futures_channel::oneshot::Sender<()>>,
+    },
+    End {
+        user: String,
+    },
+    Set {
+        user: String,
+        status: String,
+    },
 }
 
 /// The shards' handle.
@@ -72,11 +84,18 @@ impl Presence {
     }
 }
 
-pub fn session_started(shard: &Shard, s: &Session) {
+/// Count a new session; the receiver resolves once it is counted (or could not be).
+pub fn session_started(
+    shard: &Shard,
+    claims: &crate::auth::Claims,
+) -> futures_channel::oneshot::Receiver<()> {
+    let (tx, rx) = futures_channel::oneshot::channel();
     let _ = shard.shared.presence.send(Change::Start {
-        user: s.claims.sub.clone(),
-        servers: s.claims.servers.clone(),
+        user: claims.sub.clone(),
+        servers: claims.servers.clone(),
+        done: Some(tx),
     });
+    rx
 }
 
 pub fn session_ended(shard: &Shard, s: &Session) {
@@ -129,6 +148,8 @@ pub fn start(
                 client,
                 con: None,
                 reassert: false,
+                pending: Vec::new(),
+                dones: Vec::new(),
                 local: HashMap::new(),
                 bus,
                 last_warn: None,
@@ -221,6 +242,10 @@ struct Worker {
     con: Option<redis::Connection>,
     /// Redis was unreachable at some point: write the whole local state again.
     reassert: bool,
+    /// SYNCs to write in the next pipeline: (user, this node's count, servers).
+    pending: Vec<(String, u32, Vec<String>)>,
+    /// Session starts to acknowledge once `pending` is written.
+    dones: Vec<futures_channel::oneshot::Sender<()>>,
     local: HashMap<String, Local>,
     bus: Arc<Bus>,
     last_warn: Option<Instant>,
@@ -266,7 +291,20 @@ impl Worker {
         loop {
             let next = next_refresh.min(next_sweep);
             match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(c) => self.apply(c),
+                Ok(c) => {
+                    // Everything queued meanwhile is written in one pipeline.
+                    self.apply(c);
+                    for _ in 0..255 {
+                        match rx.try_recv() {
+                            Ok(c) => self.apply(c),
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush_syncs();
+                    for d in self.dones.drain(..) {
+                        let _ = d.send(());
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -329,7 +367,14 @@ impl Worker {
 
     fn apply(&mut self, c: Change) {
         match c {
-            Change::Start { user, servers } => {
+            Change::Start {
+                user,
+                servers,
+                done,
+            } => {
+                if let Some(d) = done {
+                    self.dones.push(d);
+                }
                 let entry = self.local.entry(user.clone()).or_insert(Local {
                     sessions: 0,
                     servers: Vec::new(),
@@ -346,7 +391,7 @@ impl Worker {
                         self.broadcast(&user, &servers, "online");
                     }
                 } else {
-                    self.sync(&user, count, &servers);
+                    self.pending.push((user, count, servers));
                 }
             }
             Change::End { user } => {
@@ -363,10 +408,11 @@ impl Worker {
                         self.broadcast(&user, &servers, "offline");
                     }
                 } else {
-                    self.sync(&user, count, &servers);
+                    self.pending.push((user, count, servers));
                 }
             }
             Change::Set { user, status } => {
+                self.flush_syncs(); // keep the order of changes
                 if self.client.is_none() {
                     let servers = self
                         .local
@@ -393,6 +439,53 @@ impl Worker {
                     Err(e) => self.failed(e),
                 }
             }
+        }
+    }
+
+    /// Run the queued SYNCs in one pipeline (EVALSHA; the script is loaded first if
+    /// this connection has not seen it), then broadcast what changed.
+    fn flush_syncs(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.pending);
+        let now = now_unix().to_string();
+        let ttl = self.s.ttl.as_secs().max(1).to_string();
+        let node = self.s.node_id.clone();
+        let script = redis::Script::new(SYNC);
+        let mut pipe = redis::pipe();
+        for (user, count, servers) in &ops {
+            let c = pipe
+                .cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(0)
+                .arg(user)
+                .arg(&node)
+                .arg(*count)
+                .arg(&now)
+                .arg(&ttl);
+            for s in servers {
+                c.arg(s);
+            }
+        }
+        let r = match self.con() {
+            Some(con) => match script.load(con) {
+                Ok(_) => pipe.query::<Vec<Value>>(con),
+                Err(e) => Err(e),
+            },
+            None => return,
+        };
+        match r {
+            Ok(values) => {
+                for ((user, _, _), v) in ops.iter().zip(values.iter()) {
+                    match verdict(v) {
+                        (1, servers) => self.broadcast(user, &servers, "online"),
+                        (2, servers) => self.broadcast(user, &servers, "offline"),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => self.failed(e),
         }
     }
 

@@ -8,8 +8,9 @@
 //!   (and `/readyz` 503) meanwhile; nothing published while it was down is replayed
 //!   — Redis pub/sub is at-most-once, which is what `RESUME` (§8) covers per client.
 //! * `xcord-redis` runs commands for the shards and the admin route — SISMEMBER for
-//!   authorization, PUBLISH for typing/presence/admin, the presence keys — one
-//!   pipeline per job, replies delivered through a callback. A job that cannot run
+//!   authorization, PUBLISH for typing/presence/admin — every job queued at the
+//!   moment goes in one write (up to 256 pipelines), replies are read in one go
+//!   and delivered through each job's callback. A job that cannot run
 //!   because Redis is down fails at once (the caller counts it); the shard never blocks.
 
 use crossbeam_channel::{Receiver, Sender};
@@ -130,11 +131,27 @@ fn pubsub_loop(client: redis::Client, mut router: Router, metrics: Arc<Metrics>)
     }
 }
 
+/// Jobs sent to Redis in one write (and their replies read in one go).
+const BATCH: usize = 256;
+
 fn command_loop(client: redis::Client, rx: Receiver<Job>) {
+    use redis::ConnectionLike;
     let mut con: Option<redis::Connection> = None;
     let mut next_try = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    for job in rx.iter() {
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut counts: Vec<usize> = Vec::with_capacity(BATCH);
+    while let Ok(first) = rx.recv() {
+        // Everything queued meanwhile goes in the same round trip: a connect storm's
+        // presence publishes cost one write and one read, not one each.
+        batch.push(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
         if con.is_none() && Instant::now() >= next_try {
             match client.get_connection_with_timeout(Duration::from_secs(2)) {
                 Ok(c) => {
@@ -146,31 +163,48 @@ fn command_loop(client: redis::Client, rx: Receiver<Job>) {
                 Err(_) => next_try = Instant::now() + backoff.next_delay(),
             }
         }
-        let result = match con.as_mut() {
-            None => Err("redis unavailable".to_owned()),
-            Some(c) => match job.pipe.query::<Vec<Value>>(c) {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    if e.is_io_error()
-                        || e.is_connection_dropped()
-                        || e.is_timeout()
-                        || e.is_unrecoverable_error()
-                    {
-                        con = None;
-                        next_try = Instant::now();
-                    }
-                    Err(e.to_string())
-                }
-            },
+        let Some(c) = con.as_mut() else {
+            for job in batch.drain(..) {
+                (job.reply)(Err("redis unavailable".to_owned()));
+            }
+            continue;
         };
-        (job.reply)(result);
+        bytes.clear();
+        counts.clear();
+        for job in &batch {
+            bytes.extend_from_slice(&job.pipe.get_packed_pipeline());
+            counts.push(job.pipe.len());
+        }
+        let total: usize = counts.iter().sum();
+        match c.req_packed_commands(&bytes, 0, total) {
+            Ok(values) => {
+                let mut values = values.into_iter();
+                for (job, n) in batch.drain(..).zip(counts.iter()) {
+                    (job.reply)(Ok(values.by_ref().take(*n).collect()));
+                }
+            }
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+                {
+                    con = None;
+                    next_try = Instant::now();
+                }
+                let msg = e.to_string();
+                for job in batch.drain(..) {
+                    (job.reply)(Err(msg.clone()));
+                }
+            }
+        }
     }
 }
 
 impl Commands {
-    /// Queue a pipeline; `reply` runs on the Redis thread with the results of the
-    /// commands not marked `ignore()`. Fails at once (through `reply`) when the
-    /// queue is full.
+    /// Queue a pipeline (not atomic); `reply` runs on the Redis thread with one
+    /// value per command, `ignore()` or not (jobs are batched as raw commands).
+    /// Fails at once (through `reply`) when the queue is full.
     pub fn submit(&self, pipe: Pipeline, reply: Reply) {
         if let Err(e) = self.tx.try_send(Job { pipe, reply }) {
             let job = e.into_inner();

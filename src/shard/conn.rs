@@ -168,6 +168,10 @@ pub struct Conn {
     pub session: RefCell<Option<Session>>,
     /// A RESUME is waiting for its grant; holds the (verified) token's claims.
     pub resuming: RefCell<Option<Box<Claims>>>,
+    /// HELLO is in progress: events already routed here wait in `held` until
+    /// HELLO_ACK is queued.
+    pub holding: Cell<bool>,
+    pub held: RefCell<Vec<u8>>,
 }
 
 impl Conn {
@@ -195,10 +199,12 @@ impl Conn {
             header_claims: RefCell::new(header_claims),
             session: RefCell::new(None),
             resuming: RefCell::new(None),
+            holding: Cell::new(false),
+            held: RefCell::new(Vec::new()),
         }
     }
 
-    fn wake_writer(&self) {
+    pub fn wake_writer(&self) {
         if let Some(w) = self.writer_waker.take() {
             w.wake();
         }
@@ -214,6 +220,15 @@ impl Conn {
     pub fn push_event(&self, frame: &[u8], received: Instant, limit: usize) -> bool {
         if self.phase.get() == Phase::Closing {
             return false;
+        }
+        if self.holding.get() {
+            // Between routing the user tree and HELLO_ACK (rare, bounded by the limit).
+            let mut held = self.held.borrow_mut();
+            if held.len() + frame.len() > limit {
+                return false;
+            }
+            held.extend_from_slice(frame);
+            return true;
         }
         if self.queued() + frame.len() > limit {
             self.begin_close(codes::SLOW_CONSUMER, true);
@@ -714,13 +729,34 @@ async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
         conn.begin_close(codes::AUTH_FAILED, true);
         return;
     };
+    // The user tree is routed first, so the session sees its own `user.presence`;
+    // events that arrive before HELLO_ACK are held and follow it.
+    let auto_sub = format!("user:{}", claims.sub);
+    conn.holding.set(true);
+    shard.subscribe(&auto_sub, conn.key.get());
+    // Counted before HELLO_ACK (SPEC §6): once the client has it, this session keeps
+    // its user online even if another of the user's sessions, on any node, ends
+    // right away.
+    let counted = crate::presence::session_started(shard, &claims);
+    let _ = glommio::timer::timeout(Duration::from_secs(2), async { Ok(counted.await) }).await;
+    conn.holding.set(false);
+    if conn.phase.get() != Phase::AwaitHello {
+        // Closed while waiting: the session never started.
+        shard.unsubscribe(&auto_sub, conn.key.get());
+        let _ = shard.shared.presence_end(&claims.sub);
+        return;
+    }
     start_session(shard, conn, claims, new_session_id());
+    let held = std::mem::take(&mut *conn.held.borrow_mut());
+    if !held.is_empty() {
+        conn.out.borrow_mut().extend_from_slice(&held);
+        conn.wake_writer();
+    }
 }
 
 fn start_session(shard: &Rc<Shard>, conn: &Rc<Conn>, claims: Claims, session_id: String) {
+    // hello() routed the user tree before this.
     let auto_sub = format!("user:{}", claims.sub);
-    // The route is queued before HELLO_ACK goes out: the user tree is live from then on.
-    shard.subscribe(&auto_sub, conn.key.get());
     let ack = msg::encode(
         "HELLO_ACK",
         msg::HelloAck {
@@ -737,7 +773,6 @@ fn start_session(shard: &Rc<Shard>, conn: &Rc<Conn>, claims: Claims, session_id:
         rate: RateWindow::new(Instant::now()),
         typing: Vec::new(),
     };
-    crate::presence::session_started(shard, &session);
     *conn.session.borrow_mut() = Some(session);
     conn.phase.set(Phase::Ready);
     conn.send_json(shard, &ack);
