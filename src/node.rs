@@ -235,7 +235,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
         );
     }
     shared.draining.store(true, Relaxed);
-    shared.bus.set_draining();
     for inbox in &inboxes {
         inbox.push_ctl(Ctl::Drain);
     }

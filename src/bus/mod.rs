@@ -20,7 +20,7 @@ pub mod redis;
 pub mod replay;
 
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -243,7 +243,6 @@ pub struct Bus {
     routes: Sender<RouteOp>,
     kind: BusKind,
     metrics: Arc<Metrics>,
-    draining: AtomicBool,
 }
 
 enum BusKind {
@@ -270,7 +269,6 @@ impl Bus {
             routes: routes_tx,
             kind,
             metrics,
-            draining: AtomicBool::new(false),
         }))
     }
 
@@ -307,10 +305,6 @@ impl Bus {
             BusKind::Memory(_) => true,
             BusKind::Redis(_) => self.metrics.bus.redis_up.load(Relaxed),
         }
-    }
-
-    pub fn set_draining(&self) {
-        self.draining.store(true, Relaxed);
     }
 
     /// Publish `{"type": event, "payload": payload_json}` on `channel`, without

@@ -14,7 +14,7 @@
 use atomic_waker::AtomicWaker;
 use crossbeam_queue::SegQueue;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -38,8 +38,6 @@ pub struct Inbox {
     items: SegQueue<Item>,
     events: AtomicUsize,
     capacity: usize,
-    /// Highest seq this shard lost to a full inbox (resume must not paper over it).
-    pub last_dropped_seq: AtomicU64,
     ctl: SegQueue<Ctl>,
     waker: AtomicWaker,
 }
@@ -50,7 +48,6 @@ impl Inbox {
             items: SegQueue::new(),
             events: AtomicUsize::new(0),
             capacity: capacity.max(16),
-            last_dropped_seq: AtomicU64::new(0),
             ctl: SegQueue::new(),
             waker: AtomicWaker::new(),
         }
@@ -59,7 +56,6 @@ impl Inbox {
     /// Queue an event; `false` if the inbox is full (the caller counts the drop).
     pub fn push_event(&self, e: Arc<Event>) -> bool {
         if self.events.load(Ordering::Relaxed) >= self.capacity {
-            self.last_dropped_seq.fetch_max(e.seq, Ordering::Relaxed);
             self.waker.wake();
             return false;
         }
