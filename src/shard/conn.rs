@@ -454,7 +454,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
     let writer = glommio::spawn_local(writer(shard.clone(), stream.clone(), conn.clone()));
     let mut msgs: VecDeque<Message> = VecDeque::new();
 
+    let mut frames = FrameTracker::default();
+    frames.feed(&leftover);
     let mut finished = feed(&conn, &mut ws, &leftover, &mut msgs);
+    let mut codec_renewed = false;
     drop(leftover);
     while !finished {
         while let Some(m) = msgs.pop_front() {
@@ -470,11 +473,22 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
         if msgs.capacity() > 0 {
             msgs = VecDeque::new(); // idle connections keep no message buffer
         }
+        if !codec_renewed && conn.phase.get() == Phase::Ready && frames.at_boundary() {
+            // The codec's read buffer keeps the size of the largest frame it has
+            // read — the HELLO with its JWT. Once the session is up and the codec
+            // provably holds no partial frame, a fresh one costs 128 bytes.
+            ws = WebSocketContext::new(
+                tungstenite::protocol::Role::Server,
+                Some(ws_config(&shard.shared.cfg)),
+            );
+            codec_renewed = true;
+        }
         match read_some(&shard, &stream, &conn).await {
             ReadOutcome::Eof => break,
             ReadOutcome::Data(n) => {
                 conn.last_rx.set(Instant::now());
                 let scratch = shard.scratch.borrow();
+                frames.feed(&scratch[..n]);
                 finished = feed(&conn, &mut ws, &scratch[..n], &mut msgs);
             }
         }
@@ -486,6 +500,63 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
     conn.kill();
     writer.await;
     cleanup(&shard, &conn);
+}
+
+/// Follows WebSocket frame boundaries in the bytes given to the codec (headers
+/// parsed with tungstenite's own `FrameHeader::parse`), to know when the codec
+/// holds no partial frame and no unfinished fragmented message.
+#[derive(Default)]
+pub struct FrameTracker {
+    hdr: [u8; 14],
+    hdr_len: usize,
+    payload_left: u64,
+    fragmented: bool,
+    lost: bool,
+}
+
+impl FrameTracker {
+    pub fn feed(&mut self, mut input: &[u8]) {
+        use tungstenite::protocol::frame::FrameHeader;
+        while !input.is_empty() && !self.lost {
+            if self.payload_left > 0 {
+                let n = (self.payload_left.min(input.len() as u64)) as usize;
+                self.payload_left -= n as u64;
+                input = &input[n..];
+                continue;
+            }
+            let take = (self.hdr.len() - self.hdr_len).min(input.len());
+            self.hdr[self.hdr_len..self.hdr_len + take].copy_from_slice(&input[..take]);
+            let mut cur = std::io::Cursor::new(&self.hdr[..self.hdr_len + take]);
+            match FrameHeader::parse(&mut cur) {
+                Ok(Some((h, len))) => {
+                    let used = cur.position() as usize - self.hdr_len;
+                    input = &input[used..];
+                    self.hdr_len = 0;
+                    self.payload_left = len;
+                    if matches!(
+                        h.opcode,
+                        tungstenite::protocol::frame::coding::OpCode::Data(_)
+                    ) {
+                        self.fragmented = !h.is_final;
+                    }
+                }
+                Ok(None) => {
+                    self.hdr_len += take;
+                    input = &input[take..];
+                    if self.hdr_len >= self.hdr.len() {
+                        self.lost = true;
+                    }
+                }
+                Err(_) => self.lost = true,
+            }
+        }
+    }
+
+    /// Nothing partial is buffered: every byte fed belongs to a complete frame
+    /// and no fragmented message is open.
+    pub fn at_boundary(&self) -> bool {
+        !self.lost && self.hdr_len == 0 && self.payload_left == 0 && !self.fragmented
+    }
 }
 
 /// Run the codec over newly received bytes, collecting complete messages.
@@ -1163,5 +1234,57 @@ pub fn on_tick(shard: &Shard, conn: &Conn, now: Instant) {
     }
     if expired_token {
         conn.begin_close(codes::AUTH_FAILED, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameTracker;
+    use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+
+    fn client_frame(payload: &[u8], opcode: OpCode, fin: bool) -> Vec<u8> {
+        let mut f = match opcode {
+            OpCode::Control(Control::Ping) => Frame::ping(payload.to_vec()),
+            _ => Frame::message(payload.to_vec(), opcode, fin),
+        };
+        f.header_mut().mask = Some([1, 2, 3, 4]);
+        let mut out = Vec::new();
+        f.format(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn boundaries_across_every_split() {
+        let mut stream = client_frame(&[b'x'; 300], OpCode::Data(Data::Text), true);
+        stream.extend(client_frame(b"ping", OpCode::Control(Control::Ping), true));
+        stream.extend(client_frame(
+            &[b'y'; 70_000],
+            OpCode::Data(Data::Text),
+            true,
+        ));
+        for split in 0..=stream.len().min(400) {
+            let mut t = FrameTracker::default();
+            t.feed(&stream[..split]);
+            t.feed(&stream[split..]);
+            assert!(t.at_boundary(), "split at {split}");
+        }
+        let mut t = FrameTracker::default();
+        t.feed(&stream[..stream.len() - 1]);
+        assert!(!t.at_boundary());
+    }
+
+    #[test]
+    fn a_fragmented_message_is_not_a_boundary_until_its_last_frame() {
+        let mut t = FrameTracker::default();
+        t.feed(&client_frame(b"part1", OpCode::Data(Data::Text), false));
+        assert!(!t.at_boundary());
+        t.feed(&client_frame(b"p", OpCode::Control(Control::Ping), true));
+        assert!(
+            !t.at_boundary(),
+            "a control frame in between does not end it"
+        );
+        t.feed(&client_frame(b"part2", OpCode::Data(Data::Continue), true));
+        assert!(t.at_boundary());
     }
 }
