@@ -37,14 +37,48 @@ fn bad_values_are_refused_at_start_with_one_line() {
 
 #[test]
 fn env_twins_work() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xcord-gateway"))
+    // A bad value through the environment is refused like the flag (and if the twin
+    // were ignored, the gateway would start: the timeout turns that into a failure).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xcord-gateway"))
         .args(args(&["--jwt-secret", "s"]))
         .env("XCORD_SHARDS", "0")
-        .output()
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
-        !out.status.success(),
+        status.is_some_and(|s| !s.success()),
         "XCORD_SHARDS=0 must be refused like --shards 0"
+    );
+    // A good value through the environment is used: three shards, three gauges.
+    let gw = Gateway::start_env(
+        &args(&[]),
+        &[
+            ("XCORD_SHARDS", "3"),
+            ("XCORD_JWT_SECRET", SECRET),
+            ("XCORD_ADMIN_TOKEN", ADMIN),
+        ],
+    )
+    .unwrap();
+    assert!(gw
+        .admin_get("/metrics")
+        .1
+        .contains("xcord_connections{shard=\"2\"}"));
+    assert_eq!(
+        gw.publish("live:x", "e", json!({})),
+        202,
+        "XCORD_ADMIN_TOKEN took effect"
     );
 }
 

@@ -297,7 +297,11 @@ fn the_same_event_has_the_same_bytes_for_every_subscriber() {
         // The raw text, skipping the session's own presence event if it is late.
         loop {
             match c.ws.read().unwrap() {
-                tungstenite::Message::Text(t) if t.as_str().contains(r#""event":"user.presence""#) => continue,
+                tungstenite::Message::Text(t)
+                    if t.as_str().contains(r#""event":"user.presence""#) =>
+                {
+                    continue
+                }
                 tungstenite::Message::Text(t) => {
                     texts.push(t.to_string());
                     break;

@@ -129,8 +129,14 @@ impl Gateway {
     }
 
     pub fn start_raw(args: &[String]) -> Result<Gateway, String> {
+        Self::start_env(args, &[])
+    }
+
+    /// Start with these arguments and extra environment variables.
+    pub fn start_env(args: &[String], env: &[(&str, &str)]) -> Result<Gateway, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_xcord-gateway"))
             .args(args)
+            .envs(env.iter().copied())
             .env("XCORD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
