@@ -99,6 +99,7 @@ fn fanout_local(c: &mut Criterion) {
     }
     let ev = event::build(b"live:big", BODY, 1, Instant::now()).unwrap();
     let mut seq = 1u64;
+    let mut dirty = Vec::with_capacity(n as usize);
     let mut g = c.benchmark_group("fanout");
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("10k_local", |b| {
@@ -110,12 +111,14 @@ fn fanout_local(c: &mut Criterion) {
                 frame: ev.frame.clone(),
                 received: ev.received,
             };
-            let o = fanout::deliver_into(&t, &conns, black_box(&e), 1 << 20);
+            let o = fanout::deliver_into(&t, &conns, black_box(&e), 1 << 20, &mut dirty);
+            dirty.clear();
             assert_eq!(o.delivered, n as u64);
             // What the writers would do: take the bytes out.
             for (_, c) in conns.iter() {
                 c.out.borrow_mut().clear();
                 c.pending_since.set(None);
+                c.dirty.set(false);
             }
         })
     });

@@ -78,6 +78,52 @@ fn slow_consumer_is_closed_4010_while_its_neighbour_keeps_receiving() {
 }
 
 #[test]
+fn a_reader_that_pauses_gets_the_backlog_complete_and_in_order() {
+    // The fan-out writes straight to a socket until the socket pushes back; then the
+    // connection's writer task takes over. A client that stops reading while ~200
+    // KiB arrive (far more than its 4 KiB window) must, once it reads again, see
+    // every event once and in order — the hand-over loses and reorders nothing.
+    let redis = Redis::start();
+    let gw = Gateway::start(&["--redis", &redis.url(), "--shards", "1"]);
+    let mut paused = tiny_window_client(gw.addr, &token("paused", &[], &[]));
+    paused.subscribe(&["live:backlog"]);
+    let (mut steady, _) = Client::hello(&gw, &token("steady", &[], &[]));
+    steady.subscribe(&["live:backlog"]);
+    let blob = "y".repeat(700);
+    let n = 300;
+    let mut r = redis.conn().unwrap();
+    for chunk in 0..30 {
+        let mut pipe = redis::pipe();
+        for j in 0..10 {
+            let i = chunk * 10 + j;
+            pipe.cmd("PUBLISH")
+                .arg("events:live:backlog")
+                .arg(json!({"type": "b", "payload": {"i": i, "b": blob}}).to_string())
+                .ignore();
+        }
+        let _: () = pipe.query(&mut r).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for i in 0..n {
+        assert_eq!(steady.expect_event()["payload"]["payload"]["i"], i);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut last_seq = 0;
+    for i in 0..n {
+        let ev = paused.expect_event();
+        assert_eq!(ev["payload"]["payload"]["i"], i, "event {i}: {ev}");
+        let seq = ev["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "seq {seq} after {last_seq}");
+        last_seq = seq;
+    }
+    paused.expect_silence(Duration::from_millis(200));
+    assert_eq!(
+        gw.metric("xcord_connections_closed_total{code=\"4010\"}"),
+        0.0
+    );
+}
+
+#[test]
 fn broadcast_to_2000_connections_each_receives_every_event_once() {
     let gw = Gateway::start(&[]);
     let n = 2000;

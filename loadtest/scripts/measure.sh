@@ -37,8 +37,8 @@ run() { # name shards-cpus shards loadtest-args...
 
 case $WHAT in fanout|all) run fanout 0 1 --scenario fanout --duration-s 30 ;; esac
 case $WHAT in broadcast|all) run broadcast 0 1 --scenario broadcast ;; esac
-case $WHAT in ramp|all) run ramp 0 1 --scenario fanout --ramp ;; esac
-case $WHAT in ramp2|all) run ramp2 0,1 2 --scenario fanout --ramp ;; esac
+case $WHAT in ramp|all) run ramp 0 1 --scenario fanout --ramp ${RAMP_EXTRA:-} ;; esac
+case $WHAT in ramp2|all) run ramp2 0,1 2 --scenario fanout --ramp ${RAMP_EXTRA:-} ;; esac
 case $WHAT in memory|all)
   run mem2k 0 1 --scenario fanout --connections 2000 --channels 20 --subscriptions-per-connection 2 --rate 10 --duration-s 3
   run mem15k 0 1 --scenario fanout --connections 15000 --channels 150 --subscriptions-per-connection 2 --rate 10 --duration-s 3

@@ -172,6 +172,22 @@ pub struct Conn {
     /// HELLO_ACK is queued.
     pub holding: Cell<bool>,
     pub held: RefCell<Vec<u8>>,
+    /// The socket, for the fan-out's direct writes; -1 once killed. `kill` runs
+    /// before the stream is dropped, so a reused fd number is never written.
+    pub fd: Cell<i32>,
+    /// On the shard's dirty list: event frames were queued this fan-out turn.
+    pub dirty: Cell<bool>,
+}
+
+/// What `Conn::enqueue` did with an event frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Appended to the outbound buffer: someone must flush it.
+    Queued,
+    /// Kept until HELLO_ACK is queued (nothing to flush yet).
+    Held,
+    /// Not queued: closing, or this frame made the connection a slow consumer.
+    Refused,
 }
 
 impl Conn {
@@ -201,6 +217,8 @@ impl Conn {
             resuming: RefCell::new(None),
             holding: Cell::new(false),
             held: RefCell::new(Vec::new()),
+            fd: Cell::new(-1),
+            dirty: Cell::new(false),
         }
     }
 
@@ -214,32 +232,95 @@ impl Conn {
         self.out.borrow().len() + self.inflight.get()
     }
 
-    /// FAST PATH: queue an already-encoded event frame. `false` when the frame is
-    /// not queued (closing, or this push made the connection a slow consumer).
-    #[inline]
+    /// Queue an already-encoded event frame and wake the writer. `false` when the
+    /// frame is not queued (closing, or this push made the connection a slow
+    /// consumer).
     pub fn push_event(&self, frame: &[u8], received: Instant, limit: usize) -> bool {
+        match self.enqueue(frame, received, limit) {
+            Push::Queued => {
+                self.wake_writer();
+                true
+            }
+            Push::Held => true,
+            Push::Refused => false,
+        }
+    }
+
+    /// FAST PATH: append an already-encoded event frame to the outbound buffer
+    /// (or to `held` during HELLO). Wakes nobody: the caller flushes.
+    #[inline]
+    pub fn enqueue(&self, frame: &[u8], received: Instant, limit: usize) -> Push {
         if self.phase.get() == Phase::Closing {
-            return false;
+            return Push::Refused;
         }
         if self.holding.get() {
             // Between routing the user tree and HELLO_ACK (rare, bounded by the limit).
             let mut held = self.held.borrow_mut();
             if held.len() + frame.len() > limit {
-                return false;
+                return Push::Refused;
             }
             held.extend_from_slice(frame);
-            return true;
+            return Push::Held;
         }
         if self.queued() + frame.len() > limit {
             self.begin_close(codes::SLOW_CONSUMER, true);
-            return false;
+            return Push::Refused;
         }
         self.out.borrow_mut().extend_from_slice(frame);
         if self.pending_since.get().is_none() {
             self.pending_since.set(Some(received));
         }
+        Push::Queued
+    }
+
+    /// FAST PATH: write what this fan-out turn queued straight to the socket — one
+    /// non-blocking `send()` for all of this turn's frames, no task wake-up. What the
+    /// socket does not take now (or anything while the writer is mid-write or the
+    /// connection closing) is left to the writer task, which keeps the order: it
+    /// only ever writes the front of `out`, and is only bypassed while it holds
+    /// nothing in flight.
+    #[inline]
+    pub fn flush_direct(&self, now: Instant, latency: &mut hdrhistogram::Histogram<u64>) {
+        self.dirty.set(false);
+        if self.inflight.get() > 0 {
+            return; // the writer takes `out` as soon as its current write is done
+        }
+        let fd = self.fd.get();
+        if fd < 0 || self.phase.get() != Phase::Ready {
+            self.wake_writer();
+            return;
+        }
+        let Ok(mut out) = self.out.try_borrow_mut() else {
+            self.wake_writer();
+            return;
+        };
+        if out.is_empty() {
+            return;
+        }
+        // SAFETY: `fd` is this connection's open socket (see `fd`); the buffer is
+        // valid for `out.len()` bytes.
+        let n = unsafe {
+            libc::send(
+                fd,
+                out.as_ptr().cast(),
+                out.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 && n as usize == out.len() {
+            out.clear();
+            if let Some(t) = self.pending_since.take() {
+                let _ = latency.record(now.saturating_duration_since(t).as_micros().max(1) as u64);
+            }
+            return;
+        }
+        if n > 0 {
+            out.drain(..n as usize);
+        }
+        // EAGAIN, a partial write or an error: the writer waits for the socket
+        // (or meets the error and ends the connection).
+        drop(out);
         self.wake_writer();
-        true
     }
 
     /// Queue a server message (JSON text) as one frame.
@@ -293,6 +374,7 @@ impl Conn {
     /// Stop both tasks now (peer gone, or stuck closing).
     pub fn kill(&self) {
         self.killed.set(true);
+        self.fd.set(-1);
         if self.phase.get() != Phase::Closing {
             self.phase.set(Phase::Closing);
             self.closing_since.set(Some(Instant::now()));
@@ -446,6 +528,7 @@ pub async fn writer(shard: Rc<Shard>, stream: Rc<RefCell<TcpStream>>, conn: Rc<C
 /// Serve an upgraded connection until it is gone. `leftover`: bytes read after the
 /// HTTP request (a client may send its first frame right behind it).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover: Vec<u8>) {
+    conn.fd.set(stream.as_raw_fd());
     let stream = Rc::new(RefCell::new(stream));
     let mut ws = WebSocketContext::new(
         tungstenite::protocol::Role::Server,

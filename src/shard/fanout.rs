@@ -2,9 +2,11 @@
 //!
 //! The frame was encoded once by the router; here it is copied into each covering
 //! connection's outbound buffer (a memcpy into a reused buffer, no allocation, no
-//! JSON work, no lock), and the connection's writer is woken. Writers run after
-//! this loop yields, so frames for one socket coalesce into one write per turn
-//! (uWebSockets calls this corking).
+//! JSON work, no lock) and the connection is put on the turn's dirty list once.
+//! At the end of the turn (up to 32 events) the shard writes each dirty socket
+//! with one direct `send()` (`Conn::flush_direct`): frames for one socket coalesce
+//! into one write per turn (uWebSockets calls this corking), and no task is woken
+//! unless the socket pushes back.
 //!
 //! Exactly once: a connection with overlapping subscriptions (`server:s` and
 //! `server:s:channel:c`) is visited once per covering node; the per-connection
@@ -14,7 +16,7 @@ use slab::Slab;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::conn::Conn;
+use super::conn::{Conn, Push};
 use super::Shard;
 use crate::bus::Event;
 use crate::channels::Trie;
@@ -28,13 +30,16 @@ pub struct Outcome {
     pub not_delivered: u64,
 }
 
-/// Deliver `ev` to the connections of `conns` that `trie` says cover its channel.
+/// Deliver `ev` to the connections of `conns` that `trie` says cover its channel;
+/// each connection given a frame is added to `dirty` once per turn (its `dirty`
+/// flag says it is there already).
 #[inline]
 pub fn deliver_into(
     trie: &Trie<u32>,
     conns: &Slab<Rc<Conn>>,
     ev: &Event,
     send_queue_bytes: usize,
+    dirty: &mut Vec<u32>,
 ) -> Outcome {
     let mut out = Outcome::default();
     trie.for_each_covering(&ev.channel, |key| {
@@ -45,10 +50,16 @@ pub fn deliver_into(
             return;
         }
         c.last_seq.set(ev.seq);
-        if c.push_event(&ev.frame, ev.received, send_queue_bytes) {
-            out.delivered += 1;
-        } else {
-            out.not_delivered += 1;
+        match c.enqueue(&ev.frame, ev.received, send_queue_bytes) {
+            Push::Queued => {
+                out.delivered += 1;
+                if !c.dirty.get() {
+                    c.dirty.set(true);
+                    dirty.push(key);
+                }
+            }
+            Push::Held => out.delivered += 1,
+            Push::Refused => out.not_delivered += 1,
         }
     });
     out
@@ -60,6 +71,7 @@ pub fn deliver(shard: &Shard, ev: &Event) {
         &shard.conns.borrow(),
         ev,
         shard.shared.cfg.args.send_queue_bytes,
+        &mut shard.dirty.borrow_mut(),
     );
     let m = shard.metrics();
     if o.delivered > 0 {
@@ -68,4 +80,21 @@ pub fn deliver(shard: &Shard, ev: &Event) {
     if o.not_delivered > 0 {
         m.dropped_slow.fetch_add(o.not_delivered, Relaxed);
     }
+}
+
+/// FAST PATH: the end of a fan-out turn: one direct write per dirty connection.
+pub fn flush(shard: &Shard) {
+    let mut dirty = shard.dirty.borrow_mut();
+    if dirty.is_empty() {
+        return;
+    }
+    let conns = shard.conns.borrow();
+    let mut latency = shard.latency.borrow_mut();
+    let now = std::time::Instant::now();
+    for &key in dirty.iter() {
+        if let Some(c) = conns.get(key as usize) {
+            c.flush_direct(now, &mut latency);
+        }
+    }
+    dirty.clear();
 }

@@ -77,6 +77,8 @@ pub struct Shard {
     /// Connection ids, never reused (slab keys are): a resume grant names both.
     pub next_conn_id: Cell<u64>,
     pub handshakes: accept::Handshakes,
+    /// Connections given frames in the current fan-out turn (see `fanout::flush`).
+    pub dirty: RefCell<Vec<u32>>,
 }
 
 impl Shard {
@@ -122,6 +124,7 @@ pub async fn run(id: usize, shared: Arc<Shared>, inbox: Arc<Inbox>, listener: Tc
         drained: Signal::default(),
         next_conn_id: Cell::new(1),
         handshakes: accept::Handshakes::default(),
+        dirty: RefCell::new(Vec::new()),
     });
     glommio::spawn_local(accept::accept_loop(shard.clone(), listener)).detach();
     glommio::spawn_local(sweep_loop(shard.clone())).detach();
@@ -153,14 +156,17 @@ async fn inbox_loop(shard: Rc<Shard>) {
                 }
                 Item::Grant(g) => conn::apply_grant(&shard, *g),
             }
-            if n >= 32 || bytes >= 64 * 1024 {
-                // Let the writers drain between slices of a burst: otherwise a burst
-                // larger than --send-queue-bytes would look like a slow consumer.
+            if n >= 256 || bytes >= 64 * 1024 {
+                // Write this slice, and let the writers and readers run between
+                // slices of a burst: otherwise a burst larger than
+                // --send-queue-bytes would look like a slow consumer.
                 n = 0;
                 bytes = 0;
+                fanout::flush(&shard);
                 futures_lite::future::yield_now().await;
             }
         }
+        fanout::flush(&shard);
     }
 }
 
