@@ -11,6 +11,7 @@ use xcord_gateway::auth;
 use xcord_gateway::config::{Cli, Command, Config};
 
 fn main() {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -46,5 +47,21 @@ fn main() {
                 std::process::exit(1);
             }
         }
+    }
+}
+
+/// mimalloc asks for transparent huge pages on its arenas (`MADV_HUGEPAGE`). With
+/// them, RSS grows in 2 MiB steps that a few thousand idle connections only partly
+/// use, so the memory per connection measured on a small run is far above the
+/// steady cost and capacity planning from it is wrong (tuning/README.md). Turn THP
+/// off for this process (future faults, all mappings) unless the operator sets
+/// mimalloc's own switch `MIMALLOC_ALLOW_THP=1`.
+fn disable_transparent_huge_pages() {
+    if std::env::var("MIMALLOC_ALLOW_THP").is_ok_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: prctl with integer arguments only; failure (old kernel) is harmless.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }

@@ -72,8 +72,13 @@ import json, sys
 o, budget, n = sys.argv[1], float(sys.argv[2]) * 1024 * 1024, int(sys.argv[3])
 r = json.load(open(f"{o}/valN.json"))
 rss = r["gateway"]["rss_bytes_end"]  # settled, as the prediction's intercept
+base = r["gateway"]["rss_bytes_before_connect"]
 est = r["connections"]["established"]
 print(f"measured at {est} connections: settled RSS {rss/2**20:.1f} MiB vs budget {budget/2**20:.0f} MiB: {100*(rss-budget)/budget:+.1f}%")
+# Where the budget is really reached, by this run's own cost per connection.
+per = (rss - base) / est
+actual = est + (budget - rss) / per
+print(f"budget reached at ~{actual:.0f} connections ({per:.0f} B each in this run): prediction {100*(n-actual)/actual:+.1f}%")
 PY
   ;;
 esac
