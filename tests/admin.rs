@@ -280,3 +280,31 @@ fn unreachable_redis_at_start_is_not_fatal() {
     redis.publish("user:late", "hi", json!({}));
     assert_eq!(c.expect_event()["payload"]["event"], "hi");
 }
+
+/// `THP_enabled` from /proc/PID/status (kernels ≥ 6.x print it; None before).
+fn thp_enabled(pid: u32) -> Option<bool> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    Some(line.split_whitespace().nth(1)? == "1")
+}
+
+#[test]
+fn transparent_huge_pages_are_off_unless_mimalloc_allow_thp_is_set() {
+    // RSS must grow linearly with connections for capacity planning (tuning/README.md).
+    let gw = Gateway::start(&[]);
+    let Some(on) = thp_enabled(gw.pid()) else {
+        eprintln!("this kernel does not report THP_enabled; nothing to check");
+        return;
+    };
+    assert!(!on, "THP still enabled for the gateway");
+    let gw2 = Gateway::start_env(
+        &args(&["--jwt-secret", "s"]),
+        &[("MIMALLOC_ALLOW_THP", "1")],
+    )
+    .expect("starts");
+    assert_eq!(
+        thp_enabled(gw2.pid()),
+        Some(true),
+        "the operator's switch is honoured"
+    );
+}
