@@ -5,6 +5,7 @@
 #
 #   bash loadtest/scripts/measure.sh OUTDIR [fanout|broadcast|ramp|ramp2|memory|all]
 #   GW_EXTRA="--replay-buffer-bytes 64KiB" bash loadtest/scripts/measure.sh OUTDIR memory   (extra gateway flags)
+#   RAMP_EXTRA="--ramp-start-rate 1000 --ramp-factor 1.15" bash loadtest/scripts/measure.sh OUTDIR ramp   (extra ramp flags)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-/tmp/xcord-results}; WHAT=${2:-all}
