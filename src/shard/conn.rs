@@ -7,9 +7,12 @@
 //!
 //! The reader task reads the socket into the shard's scratch buffer, lets
 //! tungstenite's frame codec (`WebSocketContext`, owning no socket) turn the bytes
-//! into messages, and runs each command in order. The writer task owns nothing but
-//! a spare buffer: it swaps the connection's outbound buffer out and writes it. The
-//! outbound bytes — event frames, replies, tungstenite's pongs — are bounded by
+//! into messages, and runs each command in order. Event frames are written by the
+//! fan-out itself (`flush_direct`, one `send()` per socket per turn); the writer
+//! task owns nothing but a spare buffer and writes what that could not — replies,
+//! pongs, close frames, and whatever a socket pushed back — by swapping the
+//! connection's outbound buffer out. Only one of them writes at a time: the fan-out
+//! writes only while the writer has nothing in flight. The outbound bytes — event frames, replies, tungstenite's pongs — are bounded by
 //! `--send-queue-bytes` (4010 past it).
 //!
 //! Invariant: the reader alone removes the connection from the shard (slab, trie,

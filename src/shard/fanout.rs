@@ -3,7 +3,7 @@
 //! The frame was encoded once by the router; here it is copied into each covering
 //! connection's outbound buffer (a memcpy into a reused buffer, no allocation, no
 //! JSON work, no lock) and the connection is put on the turn's dirty list once.
-//! At the end of the turn (up to 32 events) the shard writes each dirty socket
+//! At the end of the turn (up to 256 events or 64 KiB) the shard writes each dirty socket
 //! with one direct `send()` (`Conn::flush_direct`): frames for one socket coalesce
 //! into one write per turn (uWebSockets calls this corking), and no task is woken
 //! unless the socket pushes back.
