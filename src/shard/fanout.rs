@@ -90,10 +90,9 @@ pub fn flush(shard: &Shard) {
     }
     let conns = shard.conns.borrow();
     let mut latency = shard.latency.borrow_mut();
-    let now = std::time::Instant::now();
     for &key in dirty.iter() {
         if let Some(c) = conns.get(key as usize) {
-            c.flush_direct(now, &mut latency);
+            c.flush_direct(&mut latency);
         }
     }
     dirty.clear();
