@@ -88,7 +88,9 @@ impl<V: Copy + Eq + Hash> Subs<V> {
 
 #[derive(Debug)]
 struct Node<V> {
-    /// Boxed and optional: most nodes are leaves.
+    /// Boxed and optional: most nodes are leaves, and a leaf then pays one
+    /// pointer instead of an empty map's 48 bytes (idle memory is a target).
+    #[allow(clippy::box_collection)]
     children: Option<Box<HashMap<Box<str>, Node<V>>>>,
     subs: Subs<V>,
 }

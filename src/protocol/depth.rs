@@ -53,7 +53,7 @@ mod tests {
             nesting_within(br#"{"s":"[[[[[[[[[[\"[["}"#, 1),
             "brackets in strings do not count"
         );
-        assert!(!nesting_within(&vec![b'['; 200], MAX_DEPTH));
+        assert!(!nesting_within(&[b'['; 200], MAX_DEPTH));
         assert!(nesting_within(b"", 0));
     }
 }

@@ -690,7 +690,6 @@ pub fn feed(
         }
     }
     let _ = ws.flush(&mut io); // pongs
-    drop(io);
     drop(out);
     if !conn.out.borrow().is_empty() {
         conn.wake_writer();
