@@ -12,8 +12,9 @@
 //! task owns nothing but a spare buffer and writes what that could not — replies,
 //! pongs, close frames, and whatever a socket pushed back — by swapping the
 //! connection's outbound buffer out. Only one of them writes at a time: the fan-out
-//! writes only while the writer has nothing in flight. The outbound bytes — event frames, replies, tungstenite's pongs — are bounded by
-//! `--send-queue-bytes` (4010 past it).
+//! writes only while the writer has nothing in flight. The outbound bytes — event
+//! frames, replies, tungstenite's pongs — are bounded by `--send-queue-bytes` (4010
+//! past it).
 //!
 //! Invariant: the reader alone removes the connection from the shard (slab, trie,
 //! routes, counters), exactly once, after both tasks are done with the socket.
