@@ -341,3 +341,87 @@ fn deeply_nested_frame_is_4002_and_the_node_lives_on() {
     other.send(json!({"type": "PING", "payload": {}}));
     other.expect("PONG");
 }
+
+/// A masked client frame (RFC 6455 §5.2), for writing a message in pieces.
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+    if payload.len() < 126 {
+        f.push(0x80 | payload.len() as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// The gateway keeps no frame codec for an idle connection and makes one per
+/// read: a frame split over many TCP writes, a fragmented message whose parts
+/// arrive apart with a control frame between them, and a WebSocket ping must all
+/// still come out whole.
+#[test]
+fn frames_split_across_reads_and_fragmented_messages_arrive_whole() {
+    use std::io::Write;
+    use tungstenite::Message;
+    let gw = Gateway::start(&[]);
+    let (mut c, _) = Client::hello(&gw, &token("alice", &[], &[]));
+    let ping = br#"{"type":"PING","payload":{}}"#;
+
+    // One frame, one byte per write, each read by the gateway on its own.
+    let whole = client_frame(0x1, true, ping);
+    for b in &whole {
+        c.ws.get_mut().write_all(std::slice::from_ref(b)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.expect("PONG");
+
+    // A fragmented text message: first part, a WebSocket ping, the rest.
+    let (a, b) = ping.split_at(10);
+    c.ws.get_mut()
+        .write_all(&client_frame(0x1, false, a))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.ws.get_mut()
+        .write_all(&client_frame(0x9, true, b"mid"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.ws.get_mut()
+        .write_all(&client_frame(0x0, true, b))
+        .unwrap();
+    let mut saw_pong = false;
+    loop {
+        match c.ws.read().expect("read") {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"mid");
+                saw_pong = true;
+            }
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "PONG" {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        saw_pong,
+        "the ping between fragments was answered before the message"
+    );
+
+    // A ping alone, idle before and after.
+    std::thread::sleep(Duration::from_millis(50));
+    c.ws.get_mut()
+        .write_all(&client_frame(0x9, true, b"solo"))
+        .unwrap();
+    loop {
+        if let Message::Pong(p) = c.ws.read().expect("read") {
+            assert_eq!(&p[..], b"solo");
+            break;
+        }
+    }
+    c.send(json!({"type": "PING", "payload": {}}));
+    c.expect("PONG");
+}

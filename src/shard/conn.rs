@@ -536,17 +536,27 @@ pub async fn writer(shard: Rc<Shard>, stream: Rc<RefCell<TcpStream>>, conn: Rc<C
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover: Vec<u8>) {
     conn.fd.set(stream.as_raw_fd());
     let stream = Rc::new(RefCell::new(stream));
-    let mut ws = WebSocketContext::new(
-        tungstenite::protocol::Role::Server,
-        Some(ws_config(&shard.shared.cfg)),
-    );
+    // The frame codec exists only while it holds something: an idle connection
+    // keeps none (it would cost ~500 bytes: the context and its read buffer).
+    let new_codec = || {
+        Box::new(WebSocketContext::new(
+            tungstenite::protocol::Role::Server,
+            Some(ws_config(&shard.shared.cfg)),
+        ))
+    };
+    let mut ws: Option<Box<WebSocketContext>> = None;
     let writer = glommio::spawn_local(writer(shard.clone(), stream.clone(), conn.clone()));
     let mut msgs: VecDeque<Message> = VecDeque::new();
 
     let mut frames = FrameTracker::default();
     frames.feed(&leftover);
-    let mut finished = feed(&conn, &mut ws, &leftover, &mut msgs);
-    let mut codec_renewed = false;
+    let mut finished = !leftover.is_empty()
+        && feed(
+            &conn,
+            ws.get_or_insert_with(new_codec),
+            &leftover,
+            &mut msgs,
+        );
     drop(leftover);
     while !finished {
         while let Some(m) = msgs.pop_front() {
@@ -562,15 +572,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
         if msgs.capacity() > 0 {
             msgs = VecDeque::new(); // idle connections keep no message buffer
         }
-        if !codec_renewed && conn.phase.get() == Phase::Ready && frames.at_boundary() {
-            // The codec's read buffer keeps the size of the largest frame it has
-            // read — the HELLO with its JWT. Once the session is up and the codec
-            // provably holds no partial frame, a fresh one costs 128 bytes.
-            ws = WebSocketContext::new(
-                tungstenite::protocol::Role::Server,
-                Some(ws_config(&shard.shared.cfg)),
-            );
-            codec_renewed = true;
+        if conn.phase.get() != Phase::Closing && frames.at_boundary() {
+            // Provably stateless between messages: no partial frame, no open
+            // fragmented message, no pending pong (`MemIo` takes every write), the
+            // close handshake not begun. A fresh codec is made for the next bytes.
+            ws = None;
         }
         match read_some(&shard, &stream, &conn).await {
             ReadOutcome::Eof => break,
@@ -578,7 +584,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
                 conn.last_rx.set(Instant::now());
                 let scratch = shard.scratch.borrow();
                 frames.feed(&scratch[..n]);
-                finished = feed(&conn, &mut ws, &scratch[..n], &mut msgs);
+                finished = feed(
+                    &conn,
+                    ws.get_or_insert_with(new_codec),
+                    &scratch[..n],
+                    &mut msgs,
+                );
             }
         }
     }
