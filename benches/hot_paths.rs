@@ -92,7 +92,7 @@ fn fanout_local(c: &mut Criterion) {
     let mut conns: Slab<Rc<Conn>> = Slab::new();
     let mut t: Trie<u32> = Trie::new();
     for i in 0..n {
-        let conn = Rc::new(Conn::new(i as u64, "127.0.0.1".parse().unwrap(), None));
+        let conn = Conn::new(i as u64, "127.0.0.1".parse().unwrap(), None);
         let key = conns.insert(conn.clone()) as u32;
         conn.key.set(key);
         t.insert("live:big", key);

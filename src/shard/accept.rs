@@ -453,7 +453,8 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>
     }
     let id = shard.next_conn_id.get();
     shard.next_conn_id.set(id + 1);
-    let conn = Rc::new(Conn::new(id, ip, claims));
+    let conn = Conn::new(id, ip, claims);
+    conn.attach(stream);
     {
         let mut conns = shard.conns.borrow_mut();
         let entry = conns.vacant_entry();
@@ -467,7 +468,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>
     drop(bytes);
     // A task of its own: the handshake's state is freed now, not kept for the
     // connection's lifetime.
-    glommio::spawn_local(conn::serve(shard, stream, conn, leftover)).detach();
+    glommio::spawn_local(conn::serve(shard, conn, leftover)).detach();
 }
 
 #[cfg(test)]

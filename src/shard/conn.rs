@@ -1,4 +1,4 @@
-//! One client connection: its state machine and its two tasks.
+//! One client connection: its state machine and its tasks.
 //!
 //! States: `AwaitHello` (upgraded; only HELLO or RESUME is allowed) → `Ready`
 //! (authenticated; commands, events) → `Closing` (a close code is chosen; nothing is
@@ -6,18 +6,22 @@
 //! side) → gone (the reader saw EOF, or the sweep killed a connection stuck closing).
 //!
 //! The reader task reads the socket into the shard's scratch buffer, lets
-//! tungstenite's frame codec (`WebSocketContext`, owning no socket) turn the bytes
-//! into messages, and runs each command in order. Event frames are written by the
-//! fan-out itself (`flush_direct`, one `send()` per socket per turn); the writer
-//! task owns nothing but a spare buffer and writes what that could not — replies,
-//! pongs, close frames, and whatever a socket pushed back — by swapping the
-//! connection's outbound buffer out. Only one of them writes at a time: the fan-out
-//! writes only while the writer has nothing in flight. The outbound bytes — event
-//! frames, replies, tungstenite's pongs — are bounded by `--send-queue-bytes` (4010
-//! past it).
+//! tungstenite's frame codec (`WebSocketContext`, owning no socket, made afresh for
+//! each read that needs one) turn the bytes into messages, and runs each command in
+//! order. Event frames are written by the fan-out itself (`flush_direct`, one
+//! `send()` per socket per turn). A writer task exists only while there is
+//! something that could not go out that way — replies, pongs, close frames,
+//! whatever a socket pushed back: `wake_writer` spawns it, it writes the
+//! connection's outbound buffer until it is empty, and ends. An idle connection
+//! therefore holds one task, one pending read and its state — about 2.9 KB of RSS
+//! (loadtest/RESULTS.md). Only one of them writes at a time: the fan-out writes
+//! only while the writer has nothing in flight. The outbound bytes — event frames,
+//! replies, tungstenite's pongs — are bounded by `--send-queue-bytes` (4010 past
+//! it).
 //!
 //! Invariant: the reader alone removes the connection from the shard (slab, trie,
-//! routes, counters), exactly once, after both tasks are done with the socket.
+//! routes, counters), exactly once, after the writer is gone; then it closes the
+//! socket.
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -28,7 +32,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -132,12 +136,11 @@ impl FromIterator<String> for SubSet {
     }
 }
 
-/// The authenticated part of a connection.
+/// The authenticated part of a connection. Its automatic subscription,
+/// `user:{sub}` (not counted, not removable), is derived from the claims.
 pub struct Session {
     pub session_id: String,
     pub claims: Claims,
-    /// `user:{sub}`, subscribed at HELLO; not counted, not removable.
-    pub auto_sub: String,
     /// Explicit subscriptions (normalised names).
     pub subs: SubSet,
     pub rate: RateWindow,
@@ -145,13 +148,31 @@ pub struct Session {
     pub typing: Vec<(String, Instant)>,
 }
 
+impl Session {
+    /// `user:{sub}`, subscribed at HELLO.
+    pub fn auto_sub(&self) -> String {
+        format!("user:{}", self.claims.sub)
+    }
+
+    pub fn is_auto_sub(&self, name: &str) -> bool {
+        name.strip_prefix("user:") == Some(self.claims.sub.as_str())
+    }
+}
+
 pub struct Conn {
     pub key: Cell<u32>,
     pub id: u64,
     pub ip: IpAddr,
     pub out: RefCell<Vec<u8>>,
-    /// The writer's second buffer (kept here so an idle connection's can be freed).
-    pub spare: RefCell<Vec<u8>>,
+    /// The socket: the reader reads it, the writer task writes it; taken (closed)
+    /// once both are done.
+    stream: RefCell<Option<TcpStream>>,
+    /// This connection, for spawning its writer task on demand.
+    me: Weak<Conn>,
+    /// A writer task exists (spawned, running or waiting for the socket).
+    writer_running: Cell<bool>,
+    /// The writer has half-closed the socket after the close frame.
+    write_shut: Cell<bool>,
     /// Bytes handed to the writer and not yet written.
     pub inflight: Cell<usize>,
     /// Bus receive time of the oldest event frame not yet written.
@@ -195,15 +216,18 @@ pub enum Push {
 }
 
 impl Conn {
-    pub fn new(id: u64, ip: IpAddr, header_claims: Option<Claims>) -> Conn {
+    pub fn new(id: u64, ip: IpAddr, header_claims: Option<Claims>) -> Rc<Conn> {
         let header_claims = header_claims.map(Box::new);
         let now = Instant::now();
-        Conn {
+        Rc::new_cyclic(|me| Conn {
             id,
             key: Cell::new(u32::MAX),
             ip,
             out: RefCell::new(Vec::new()),
-            spare: RefCell::new(Vec::new()),
+            stream: RefCell::new(None),
+            me: me.clone(),
+            writer_running: Cell::new(false),
+            write_shut: Cell::new(false),
             inflight: Cell::new(0),
             pending_since: Cell::new(None),
             writer_waker: Cell::new(None),
@@ -223,12 +247,35 @@ impl Conn {
             held: RefCell::new(Vec::new()),
             fd: Cell::new(-1),
             dirty: Cell::new(false),
-        }
+        })
     }
 
+    /// Hand the upgraded socket to the connection (before `serve` starts).
+    pub fn attach(&self, stream: TcpStream) {
+        self.fd.set(stream.as_raw_fd());
+        *self.stream.borrow_mut() = Some(stream);
+    }
+
+    /// Have the writer task write `out` (and, closing, the close frame and the
+    /// half-close): wake it if it waits for the socket, else spawn it. An idle
+    /// connection has no writer task: events go out by the fan-out's direct write.
     pub fn wake_writer(&self) {
         if let Some(w) = self.writer_waker.take() {
             w.wake();
+            return;
+        }
+        if self.writer_running.get() || self.killed.get() || self.write_shut.get() {
+            return;
+        }
+        let (Some(conn), Some(shard)) = (self.me.upgrade(), super::current()) else {
+            return;
+        };
+        // Scheduled, not run in place (`spawn_local` would run it right here,
+        // inside the caller's borrows: the fan-out's, the codec's).
+        let queue = glommio::executor().current_task_queue();
+        if let Ok(t) = glommio::spawn_local_into(writer(shard, conn), queue) {
+            self.writer_running.set(true);
+            t.detach();
         }
     }
 
@@ -346,6 +393,10 @@ impl Conn {
     /// the peer closed first and tungstenite queued the reply). Idempotent.
     pub fn begin_close(&self, code: u16, send_frame: bool) {
         if self.phase.get() == Phase::Closing {
+            // Killed (the socket failed) before the reason was known: record it.
+            if self.close_code.get().is_none() {
+                self.close_code.set(Some(code));
+            }
             return;
         }
         self.phase.set(Phase::Closing);
@@ -363,16 +414,11 @@ impl Conn {
         self.wake_writer();
     }
 
-    /// Give back the outbound buffers' memory if nothing is queued (idle sweep).
+    /// Give back the outbound buffer's memory if nothing is queued (idle sweep).
     pub fn trim(&self) {
-        if self.inflight.get() == 0 {
-            if let Ok(mut out) = self.out.try_borrow_mut() {
-                if out.is_empty() {
-                    *out = Vec::new();
-                }
-            }
-            if let Ok(mut spare) = self.spare.try_borrow_mut() {
-                *spare = Vec::new();
+        if let Ok(mut out) = self.out.try_borrow_mut() {
+            if out.is_empty() {
+                *out = Vec::new();
             }
         }
     }
@@ -438,14 +484,17 @@ enum ReadOutcome {
 }
 
 /// Read once from the socket into the shard's scratch buffer.
-async fn read_some(shard: &Shard, stream: &RefCell<TcpStream>, conn: &Conn) -> ReadOutcome {
+async fn read_some(shard: &Shard, conn: &Conn) -> ReadOutcome {
     poll_fn(|cx| {
         if conn.killed.get() {
             return Poll::Ready(ReadOutcome::Eof);
         }
         let mut scratch = shard.scratch.borrow_mut();
-        let mut s = stream.borrow_mut();
-        match Pin::new(&mut *s).poll_read(cx, &mut scratch[..]) {
+        let mut s = conn.stream.borrow_mut();
+        let Some(s) = s.as_mut() else {
+            return Poll::Ready(ReadOutcome::Eof);
+        };
+        match Pin::new(s).poll_read(cx, &mut scratch[..]) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(ReadOutcome::Eof),
             Poll::Ready(Ok(n)) => Poll::Ready(ReadOutcome::Data(n)),
             Poll::Pending => {
@@ -457,85 +506,95 @@ async fn read_some(shard: &Shard, stream: &RefCell<TcpStream>, conn: &Conn) -> R
     .await
 }
 
-/// The writer task: flush the outbound buffer whenever it has bytes.
-pub async fn writer(shard: Rc<Shard>, stream: Rc<RefCell<TcpStream>>, conn: Rc<Conn>) {
-    loop {
-        poll_fn(|cx| {
-            if conn.killed.get()
-                || !conn.out.borrow().is_empty()
-                || conn.phase.get() == Phase::Closing
-            {
-                Poll::Ready(())
-            } else {
-                conn.writer_waker.set(Some(cx.waker().clone()));
-                Poll::Pending
+/// Marks the writer task gone however it ends (returns, or is dropped with the
+/// executor), and lets a reader waiting for it (after `kill`) go on.
+struct WriterDone<'a>(&'a Conn);
+
+impl Drop for WriterDone<'_> {
+    fn drop(&mut self) {
+        self.0.writer_running.set(false);
+        if self.0.killed.get() {
+            if let Some(w) = self.0.reader_waker.take() {
+                w.wake();
             }
-        })
-        .await;
-        if conn.killed.get() {
-            break;
-        }
-        // Double buffering: the fan-out appends to `out` while `buf` is written.
-        let mut buf = std::mem::take(&mut *conn.spare.borrow_mut());
-        std::mem::swap(&mut buf, &mut *conn.out.borrow_mut());
-        let since = conn.pending_since.take();
-        if !buf.is_empty() {
-            let mut off = 0;
-            conn.inflight.set(buf.len());
-            while off < buf.len() {
-                let r = poll_fn(|cx| {
-                    if conn.killed.get() {
-                        return Poll::Ready(Err(io::Error::other("killed")));
-                    }
-                    let mut s = stream.borrow_mut();
-                    match Pin::new(&mut *s).poll_write(cx, &buf[off..]) {
-                        Poll::Pending => {
-                            conn.writer_waker.set(Some(cx.waker().clone()));
-                            Poll::Pending
-                        }
-                        ready => ready,
-                    }
-                })
-                .await;
-                match r {
-                    Ok(n) if n > 0 => {
-                        off += n;
-                        conn.inflight.set(buf.len() - off);
-                    }
-                    _ => {
-                        conn.kill();
-                        return;
-                    }
-                }
-            }
-            if let Some(t) = since {
-                let _ = shard
-                    .latency
-                    .borrow_mut()
-                    .record(t.elapsed().as_micros().max(1) as u64);
-            }
-            buf.clear();
-            if buf.capacity() <= 64 * 1024 {
-                *conn.spare.borrow_mut() = buf;
-            }
-        }
-        if conn.phase.get() == Phase::Closing && conn.out.borrow().is_empty() {
-            // Our close frame (or the reply to the client's) is out: half-close and
-            // let the reader collect the peer's close or EOF.
-            // SAFETY: shutdown on a valid fd owned by the stream.
-            unsafe {
-                libc::shutdown(stream.borrow().as_raw_fd(), libc::SHUT_WR);
-            }
-            break;
         }
     }
 }
 
+/// The writer task, spawned by `wake_writer` when there is something the fan-out's
+/// direct write cannot do: write `out` until it is empty (waiting for the socket as
+/// long as it takes), then end — or, closing, half-close the socket after the
+/// close frame and end.
+async fn writer(shard: Rc<Shard>, conn: Rc<Conn>) {
+    let _done = WriterDone(&conn);
+    let mut buf = Vec::new();
+    loop {
+        if conn.killed.get() {
+            return;
+        }
+        if conn.out.borrow().is_empty() {
+            if conn.phase.get() == Phase::Closing {
+                // Our close frame (or the reply to the client's) is out: half-close
+                // and let the reader collect the peer's close or EOF.
+                if let Some(s) = conn.stream.borrow().as_ref() {
+                    // SAFETY: shutdown on a valid fd owned by the stream.
+                    unsafe {
+                        libc::shutdown(s.as_raw_fd(), libc::SHUT_WR);
+                    }
+                }
+                conn.write_shut.set(true);
+            }
+            break;
+        }
+        // Double buffering: the fan-out appends to `out` while `buf` is written.
+        std::mem::swap(&mut buf, &mut *conn.out.borrow_mut());
+        let since = conn.pending_since.take();
+        let mut off = 0;
+        conn.inflight.set(buf.len());
+        while off < buf.len() {
+            let r = poll_fn(|cx| {
+                if conn.killed.get() {
+                    return Poll::Ready(Err(io::Error::other("killed")));
+                }
+                let mut s = conn.stream.borrow_mut();
+                let Some(s) = s.as_mut() else {
+                    return Poll::Ready(Err(io::Error::other("closed")));
+                };
+                match Pin::new(s).poll_write(cx, &buf[off..]) {
+                    Poll::Pending => {
+                        conn.writer_waker.set(Some(cx.waker().clone()));
+                        Poll::Pending
+                    }
+                    ready => ready,
+                }
+            })
+            .await;
+            match r {
+                Ok(n) if n > 0 => {
+                    off += n;
+                    conn.inflight.set(buf.len() - off);
+                }
+                _ => {
+                    conn.inflight.set(0);
+                    conn.kill();
+                    return;
+                }
+            }
+        }
+        if let Some(t) = since {
+            let _ = shard
+                .latency
+                .borrow_mut()
+                .record(t.elapsed().as_micros().max(1) as u64);
+        }
+        buf.clear();
+    }
+    // `buf` is freed here: a connection that got a reply keeps no buffer for it.
+}
+
 /// Serve an upgraded connection until it is gone. `leftover`: bytes read after the
 /// HTTP request (a client may send its first frame right behind it).
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover: Vec<u8>) {
-    conn.fd.set(stream.as_raw_fd());
-    let stream = Rc::new(RefCell::new(stream));
+pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
     // The frame codec exists only while it holds something: an idle connection
     // keeps none (it would cost ~500 bytes: the context and its read buffer).
     let new_codec = || {
@@ -545,7 +604,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
         ))
     };
     let mut ws: Option<Box<WebSocketContext>> = None;
-    let writer = glommio::spawn_local(writer(shard.clone(), stream.clone(), conn.clone()));
     let mut msgs: VecDeque<Message> = VecDeque::new();
 
     let mut frames = FrameTracker::default();
@@ -578,7 +636,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
             // close handshake not begun. A fresh codec is made for the next bytes.
             ws = None;
         }
-        match read_some(&shard, &stream, &conn).await {
+        match read_some(&shard, &conn).await {
             ReadOutcome::Eof => break,
             ReadOutcome::Data(n) => {
                 conn.last_rx.set(Instant::now());
@@ -598,7 +656,16 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, conn: Rc<Conn>, leftover
             .set(conn.close_code.get().or(Some(codes::ABNORMAL)));
     }
     conn.kill();
-    writer.await;
+    poll_fn(|cx| {
+        if conn.writer_running.get() {
+            conn.reader_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    conn.stream.borrow_mut().take(); // closes the socket (`fd` is already -1)
     cleanup(&shard, &conn);
 }
 
@@ -742,7 +809,7 @@ fn cleanup(shard: &Shard, conn: &Conn) {
                 .route_op(crate::bus::RouteOp::Park(Box::new(crate::bus::Detached {
                     session_id: s.session_id.clone(),
                     claims: s.claims.clone(),
-                    auto_sub: s.auto_sub.clone(),
+                    auto_sub: s.auto_sub(),
                     subs: s.subs.iter().map(str::to_owned).collect(),
                     expires: Instant::now() + Duration::from_secs(window),
                 })));
@@ -750,7 +817,7 @@ fn cleanup(shard: &Shard, conn: &Conn) {
         for name in s.subs.iter() {
             shard.unsubscribe(name, key);
         }
-        shard.unsubscribe(&s.auto_sub, key);
+        shard.unsubscribe(&s.auto_sub(), key);
         for (ch, _) in s.typing.iter() {
             publish_typing(shard, &s.claims.sub, ch, false);
         }
@@ -926,7 +993,6 @@ async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
 
 fn start_session(shard: &Rc<Shard>, conn: &Rc<Conn>, claims: Claims, session_id: String) {
     // hello() routed the user tree before this.
-    let auto_sub = format!("user:{}", claims.sub);
     let ack = msg::encode(
         "HELLO_ACK",
         msg::HelloAck {
@@ -938,7 +1004,6 @@ fn start_session(shard: &Rc<Shard>, conn: &Rc<Conn>, claims: Claims, session_id:
     let session = Session {
         session_id,
         claims,
-        auto_sub,
         subs: SubSet::default(),
         rate: RateWindow::new(Instant::now()),
         typing: Vec::new(),
@@ -1022,7 +1087,6 @@ pub fn apply_grant(shard: &Rc<Shard>, g: crate::bus::Grant) {
     let session = Session {
         session_id: d.session_id,
         claims: *claims,
-        auto_sub: d.auto_sub,
         subs: d.subs.into_iter().collect(),
         rate: RateWindow::new(Instant::now()),
         typing: Vec::new(),
@@ -1178,7 +1242,7 @@ async fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, channels: Vec<Result<Stri
                 ));
                 continue;
             }
-            if sub.name != session.auto_sub && !session.subs.contains(&sub.name) {
+            if !session.is_auto_sub(&sub.name) && !session.subs.contains(&sub.name) {
                 if session.subs.len() >= max {
                     replies.push(msg::error(
                         ErrorCode::TooManySubscriptions,

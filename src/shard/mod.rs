@@ -110,6 +110,17 @@ impl Shard {
     }
 }
 
+thread_local! {
+    /// The shard this thread runs (one executor per thread), for the few places
+    /// that must spawn a task from a `&Conn` (the on-demand writer).
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// The shard running on this thread, if any.
+pub fn current() -> Option<Rc<Shard>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
 /// Run one shard until it has drained.
 pub async fn run(id: usize, shared: Arc<Shared>, inbox: Arc<Inbox>, listener: TcpListener) {
     let shard = Rc::new(Shard {
@@ -126,10 +137,12 @@ pub async fn run(id: usize, shared: Arc<Shared>, inbox: Arc<Inbox>, listener: Tc
         handshakes: accept::Handshakes::default(),
         dirty: RefCell::new(Vec::new()),
     });
+    CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     glommio::spawn_local(accept::accept_loop(shard.clone(), listener)).detach();
     glommio::spawn_local(sweep_loop(shard.clone())).detach();
     glommio::spawn_local(inbox_loop(shard.clone())).detach();
     shard.drained.wait().await;
+    CURRENT.with(|c| c.borrow_mut().take());
 }
 
 async fn inbox_loop(shard: Rc<Shard>) {
