@@ -11,6 +11,8 @@
 //! - `uring-fixed`: the same with the sockets registered as fixed files (no fd
 //!   lookup per send).
 //!
+//! Last, a broadcast's floor: one send to every socket back to back (wall time).
+//!
 //! CPU is the sending thread's own (`CLOCK_THREAD_CPUTIME_ID`), which on loopback
 //! includes the receiving side's softirq work run inside the send.
 //!
@@ -179,6 +181,46 @@ fn run(way: Way, n: usize, secs: u64) -> (f64, u64) {
     (cpu.as_secs_f64() * 1e6 / sends as f64, sends)
 }
 
+/// A broadcast's floor: one send to each of `n` sockets back to back, as one
+/// event to every subscriber; returns the wall time of the whole burst (median of
+/// `bursts`, one a second).
+fn burst(n: usize, bursts: usize) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let r = std::thread::spawn(move || reader(listener, n));
+    let socks: Vec<TcpStream> = (0..n)
+        .map(|_| {
+            let s = TcpStream::connect(addr).expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            s
+        })
+        .collect();
+    let msg = [b'x'; MSG];
+    let mut took = Vec::with_capacity(bursts);
+    for _ in 0..bursts {
+        std::thread::sleep(Duration::from_secs(1));
+        let t = Instant::now();
+        for s in &socks {
+            // SAFETY: an open socket; msg is valid for MSG bytes.
+            let w = unsafe {
+                libc::send(
+                    s.as_raw_fd(),
+                    msg.as_ptr().cast(),
+                    MSG,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            assert_eq!(w, MSG as isize, "short send");
+        }
+        took.push(t.elapsed());
+    }
+    drop(socks);
+    let got = r.join().expect("reader");
+    assert_eq!(got, (bursts * n * MSG) as u64, "the reader got every byte");
+    took.sort();
+    took[took.len() / 2]
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -191,4 +233,10 @@ fn main() {
         let (us, sends) = run(way, n, secs);
         println!("{way:?}: {us:.2} µs of sender CPU per send ({sends} sends)");
     }
+    let b = burst(n, 5);
+    println!(
+        "burst: one send to each of {n} sockets back to back takes {:.1} ms (median of 5), {:.2} µs per send",
+        b.as_secs_f64() * 1e3,
+        b.as_secs_f64() * 1e6 / n as f64
+    );
 }

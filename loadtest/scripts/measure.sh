@@ -15,7 +15,7 @@ GW=target/release/xcord-gateway; LT=target/release/xcord-loadtest
 
 run() { # name shards-cpus shards loadtest-args...
   local name=$1 cpus=$2 shards=$3; shift 3
-  local rport=$((20000 + RANDOM % 20000))
+  local rport=$((20000 + RANDOM % 12000))  # below the ephemeral range (32768+)
   taskset -c 1 redis-server --port $rport --bind 127.0.0.1 --save "" --appendonly no >"$OUT/$name.redis.log" 2>&1 & local rpid=$!
   sleep 0.5
   taskset -c "$cpus" $GW --shards "$shards" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
