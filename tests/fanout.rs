@@ -124,6 +124,52 @@ fn a_reader_that_pauses_gets_the_backlog_complete_and_in_order() {
 }
 
 #[test]
+fn after_a_writer_waited_for_the_socket_a_later_reply_still_goes_out() {
+    // ~6 MB for a client that does not read: more than the kernel's send buffer
+    // (4 MiB at most here), so the connection's writer task waits for the socket.
+    // Once the client has read it all the writer ends; a reply on the now quiet
+    // connection must get a new writer (not the ended task's leftover waker).
+    let redis = Redis::start();
+    let gw = Gateway::start(&[
+        "--redis",
+        &redis.url(),
+        "--shards",
+        "1",
+        "--send-queue-bytes",
+        "33554432",
+    ]);
+    let mut paused = tiny_window_client(gw.addr, &token("paused", &[], &[]));
+    paused.subscribe(&["live:flood"]);
+    let blob = "z".repeat(1200);
+    let n = 5000;
+    let mut r = redis.conn().unwrap();
+    for chunk in 0..(n / 100) {
+        let mut pipe = redis::pipe();
+        for j in 0..100 {
+            let i = chunk * 100 + j;
+            pipe.cmd("PUBLISH")
+                .arg("events:live:flood")
+                .arg(json!({"type": "f", "payload": {"i": i, "b": blob}}).to_string())
+                .ignore();
+        }
+        let _: () = pipe.query(&mut r).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..n {
+        let ev = paused.expect_event();
+        assert_eq!(ev["payload"]["payload"]["i"], i, "event {i}");
+    }
+    paused.expect_silence(Duration::from_millis(300));
+    paused.set_timeout(Duration::from_secs(3));
+    paused.send(json!({"type": "PING", "payload": {}}));
+    paused.expect("PONG");
+    assert_eq!(
+        gw.metric("xcord_connections_closed_total{code=\"4010\"}"),
+        0.0
+    );
+}
+
+#[test]
 fn broadcast_to_2000_connections_each_receives_every_event_once() {
     let gw = Gateway::start(&[]);
     let n = 2000;

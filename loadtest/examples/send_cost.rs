@@ -111,7 +111,9 @@ fn run(way: Way, n: usize, secs: u64) -> (f64, u64) {
     let msg = [b'x'; MSG];
     let mut ring = io_uring::IoUring::new(256).expect("io_uring");
     if let Way::UringFixed = way {
-        ring.submitter().register_files(&fds).expect("register files");
+        ring.submitter()
+            .register_files(&fds)
+            .expect("register files");
     }
     let period = Duration::from_nanos(1_000_000_000 / TURNS_PER_SEC);
     let turns = secs * TURNS_PER_SEC;

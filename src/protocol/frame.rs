@@ -45,9 +45,57 @@ pub fn close_frame_into(code: u16, reason: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(reason);
 }
 
+/// In a buffer of whole server frames starting at `start`, the end of the frame
+/// that holds byte `sent - 1`: where a partial write of `sent` bytes left off
+/// mid-frame, the bytes in `sent..end` finish that frame and must still be written.
+/// Returns `sent` when the write ended on a frame boundary, and `buf.len()` if the
+/// headers do not parse (never expected: then nothing is dropped).
+pub fn cut_frame_end(buf: &[u8], start: usize, sent: usize) -> usize {
+    let mut at = start;
+    while at < sent {
+        let Some(h) = buf.get(at..at + 2) else {
+            return buf.len();
+        };
+        let (hl, len) = match h[1] & 0x7f {
+            126 => match buf.get(at + 2..at + 4) {
+                Some(b) => (4, u16::from_be_bytes([b[0], b[1]]) as usize),
+                None => return buf.len(),
+            },
+            127 => match buf
+                .get(at + 2..at + 10)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            {
+                Some(b) => (10, u64::from_be_bytes(b) as usize),
+                None => return buf.len(),
+            },
+            n => (2, n as usize),
+        };
+        at = at.saturating_add(hl).saturating_add(len);
+    }
+    at.min(buf.len()).max(sent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_frame_end_finds_the_rest_of_the_frame_a_write_cut() {
+        let mut b = text_frame(b"hello"); // 7 bytes
+        text_frame_into(&[b'a'; 200], &mut b); // 4 + 200 bytes, ends at 211
+        close_frame_into(1000, "", &mut b); // 4 bytes, ends at 215
+        assert_eq!(cut_frame_end(&b, 0, 0), 0);
+        assert_eq!(cut_frame_end(&b, 0, 3), 7);
+        assert_eq!(cut_frame_end(&b, 0, 7), 7); // on a boundary: nothing cut
+        assert_eq!(cut_frame_end(&b, 0, 8), 211);
+        assert_eq!(cut_frame_end(&b, 0, 210), 211);
+        assert_eq!(cut_frame_end(&b, 0, 212), 215);
+        // the buffer already starts mid-frame: boundaries begin at `start`
+        assert_eq!(cut_frame_end(&b[3..], 4, 2), 4);
+        assert_eq!(cut_frame_end(&b[3..], 4, 5), 208);
+        // a truncated header keeps everything
+        assert_eq!(cut_frame_end(&b[..8], 0, 8), 8);
+    }
 
     #[test]
     fn small_medium_large_headers() {

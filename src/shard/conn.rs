@@ -175,6 +175,10 @@ pub struct Conn {
     write_shut: Cell<bool>,
     /// Bytes handed to the writer and not yet written.
     pub inflight: Cell<usize>,
+    /// Bytes at the front of `out` that finish a frame a direct write sent only
+    /// part of: they are written whatever happens (a slow-consumer close keeps them,
+    /// so the client never sees a frame cut short before the close frame).
+    partial: Cell<usize>,
     /// Bus receive time of the oldest event frame not yet written.
     pub pending_since: Cell<Option<Instant>>,
     writer_waker: Cell<Option<Waker>>,
@@ -229,6 +233,7 @@ impl Conn {
             writer_running: Cell::new(false),
             write_shut: Cell::new(false),
             inflight: Cell::new(0),
+            partial: Cell::new(0),
             pending_since: Cell::new(None),
             writer_waker: Cell::new(None),
             reader_waker: Cell::new(None),
@@ -261,8 +266,10 @@ impl Conn {
     /// connection has no writer task: events go out by the fan-out's direct write.
     pub fn wake_writer(&self) {
         if let Some(w) = self.writer_waker.take() {
-            w.wake();
-            return;
+            if self.writer_running.get() {
+                w.wake();
+                return;
+            }
         }
         if self.writer_running.get() || self.killed.get() || self.write_shut.get() {
             return;
@@ -368,7 +375,10 @@ impl Conn {
             return;
         }
         if n > 0 {
-            out.drain(..n as usize);
+            let n = n as usize;
+            let end = frame::cut_frame_end(&out, self.partial.get(), n);
+            out.drain(..n);
+            self.partial.set(end - n);
         }
         // EAGAIN, a partial write or an error: the writer waits for the socket
         // (or meets the error and ends the connection).
@@ -403,9 +413,10 @@ impl Conn {
         self.close_code.set(Some(code));
         self.closing_since.set(Some(Instant::now()));
         if code == codes::SLOW_CONSUMER {
-            // Whatever is not yet handed to the socket will never be read in time.
+            // Whatever is not yet handed to the socket will never be read in time —
+            // but the tail of a frame already partly written goes out first.
             let mut out = self.out.borrow_mut();
-            out.clear();
+            out.truncate(self.partial.get());
             out.shrink_to(256);
         }
         if send_frame {
@@ -513,6 +524,9 @@ struct WriterDone<'a>(&'a Conn);
 impl Drop for WriterDone<'_> {
     fn drop(&mut self) {
         self.0.writer_running.set(false);
+        // A waker left from waiting for the socket belongs to this task: the next
+        // `wake_writer` must spawn a new one, not wake the dead one.
+        drop(self.0.writer_waker.take());
         if self.0.killed.get() {
             if let Some(w) = self.0.reader_waker.take() {
                 w.wake();
@@ -548,6 +562,7 @@ async fn writer(shard: Rc<Shard>, conn: Rc<Conn>) {
         }
         // Double buffering: the fan-out appends to `out` while `buf` is written.
         std::mem::swap(&mut buf, &mut *conn.out.borrow_mut());
+        conn.partial.set(0); // the writer writes all of `buf`
         let since = conn.pending_since.take();
         let mut off = 0;
         conn.inflight.set(buf.len());
@@ -648,6 +663,28 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
                     &scratch[..n],
                     &mut msgs,
                 );
+            }
+        }
+    }
+    if conn.killed.get() && conn.close_code.get().is_none() && !finished {
+        // Killed (a write failed) with bytes perhaps unread: one last non-blocking
+        // read, so a close frame the peer sent before going is what gets recorded.
+        let fd = conn.stream.borrow().as_ref().map(|s| s.as_raw_fd());
+        if let Some(fd) = fd {
+            let mut scratch = shard.scratch.borrow_mut();
+            // SAFETY: `fd` is the connection's open socket (taken only below); the
+            // buffer is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    scratch.as_mut_ptr().cast(),
+                    scratch.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                let ws = ws.get_or_insert_with(new_codec);
+                feed(&conn, ws, &scratch[..n as usize], &mut msgs);
             }
         }
     }
@@ -774,8 +811,14 @@ pub fn feed(
         conn.wake_writer();
     }
     match close {
-        // The peer's answer to our close frame: the handshake is done.
-        Some((_, false)) if closing => return true,
+        // The peer's answer to our close frame: the handshake is done. (Killed before
+        // any code was chosen — the socket failed — the peer's own close says why.)
+        Some((code, false)) if closing => {
+            if conn.close_code.get().is_none() {
+                conn.close_code.set(Some(code));
+            }
+            return true;
+        }
         // The peer closes first; messages that arrived before its close still run.
         Some((code, false)) => {
             conn.peer_closed.set(true);
@@ -1099,6 +1142,10 @@ pub fn apply_grant(shard: &Rc<Shard>, g: crate::bus::Grant) {
         },
     );
     *conn.session.borrow_mut() = Some(session);
+    if conn.phase.get() != Phase::AwaitHello {
+        // The replay overflowed the send queue (closed 4010): not resumed.
+        return;
+    }
     conn.phase.set(Phase::Ready);
     conn.last_rx.set(Instant::now());
     conn.send_json(shard, &reply);
