@@ -103,8 +103,8 @@ fn publish(shared: &Shared, req: &mut Request) -> Response<std::io::Cursor<Vec<u
         .map(|h| h.value.as_str().trim().to_owned());
     let ok = bearer
         .as_deref()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), expected.as_bytes()));
+        .and_then(crate::auth::bearer_token)
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()));
     if !ok {
         return json(401, r#"{"error":"missing or wrong bearer token"}"#);
     }

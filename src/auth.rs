@@ -133,6 +133,15 @@ impl Verifier {
 }
 
 /// Seconds since the Unix epoch.
+/// The token of an `Authorization: Bearer TOKEN` header value; the scheme is
+/// case-insensitive (RFC 7235 §2.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let (scheme, token) = value.split_once(|c: char| c == ' ' || c == '\t')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -162,6 +171,22 @@ pub fn claims_for(sub: &str, servers: &[String], dms: &[String], ttl_secs: u64) 
         aud: None,
         servers: servers.to_vec(),
         dms: dms.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod bearer_tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_the_token_required() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }
 

@@ -158,6 +158,18 @@ fn publish_route_guards() {
         .0,
         202
     );
+    // The scheme is case-insensitive (RFC 7235).
+    assert_eq!(
+        http(
+            gw.admin,
+            "POST",
+            "/api/v1/publish",
+            &[("Authorization", &format!("bearer {ADMIN}"))],
+            &body
+        )
+        .0,
+        202
+    );
     assert_eq!(
         http(
             gw.admin,
@@ -254,6 +266,9 @@ fn redis_down_keeps_clients_reports_not_ready_and_recovers() {
     assert_eq!(gw.metric("xcord_redis_up"), 0.0);
     c.send(json!({"type": "PING", "payload": {}}));
     c.expect("PONG");
+    // A publish the bus cannot take is refused and counted.
+    assert_eq!(gw.publish("live:r", "lost", json!({})), 503);
+    assert!(gw.metric("xcord_events_dropped_total{reason=\"publish_failed\"}") >= 1.0);
     let redis = Redis::start_on(port);
     assert!(eventually(Duration::from_secs(15), || gw
         .admin_get("/readyz")

@@ -51,6 +51,10 @@ fn header_token_lets_hello_omit_the_token() {
     let mut c = Client::try_connect(gw.addr, &[("Authorization", &format!("Bearer {t}"))]).unwrap();
     c.send(json!({"type": "HELLO", "payload": {}}));
     assert_eq!(c.expect("HELLO_ACK")["userId"], "bob");
+    // The scheme is case-insensitive (RFC 7235).
+    let mut c = Client::try_connect(gw.addr, &[("Authorization", &format!("BEARER {t}"))]).unwrap();
+    c.send(json!({"type": "HELLO", "payload": {}}));
+    assert_eq!(c.expect("HELLO_ACK")["userId"], "bob");
 }
 
 #[test]

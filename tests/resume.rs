@@ -337,3 +337,40 @@ fn refresh_with_another_users_or_an_expired_token_is_4004() {
     c.send(json!({"type": "REFRESH", "payload": {"token": token_with("bea", &[], &[], -60)}}));
     assert_eq!(c.expect_close(), Some(4004));
 }
+
+/// SPEC §8 replays "the events it would have received": nothing older than the
+/// session, nor older than a subscription on that subscription's channel — even
+/// when the client, having seen no event, resumes from `seq 0`.
+#[test]
+fn a_resume_from_zero_replays_nothing_older_than_the_session_or_the_subscription() {
+    let gw = Gateway::start(&[]);
+    let tok = token("pia", &[], &[]);
+    // Another session of the same user sees a notification (seq > 0) first.
+    let (mut a, _) = Client::hello(&gw, &tok);
+    a.subscribe(&["live:x"]);
+    assert_eq!(
+        gw.publish("user:pia:notifications", "old.notification", json!({})),
+        202
+    );
+    assert_eq!(gw.publish("live:x", "old.live", json!({})), 202);
+    assert_eq!(a.expect_event()["payload"]["event"], "old.notification");
+    assert_eq!(a.expect_event()["payload"]["event"], "old.live");
+
+    // A new session of the same user, subscribed to live:x after those events,
+    // sees nothing, and its connection is reset.
+    let (mut b, ack) = Client::hello(&gw, &tok);
+    let session = ack["sessionId"].as_str().unwrap().to_string();
+    b.subscribe(&["live:x"]);
+    b.expect_silence(Duration::from_millis(200));
+    reset(b);
+    std::thread::sleep(Duration::from_millis(200));
+    // What happens while it is away is replayed; what happened before it, is not.
+    assert_eq!(gw.publish("live:x", "while.away", json!({})), 202);
+    std::thread::sleep(Duration::from_millis(100));
+
+    let mut c = resume(&gw, &tok, &session, 0);
+    assert_eq!(c.expect_event()["payload"]["event"], "while.away");
+    let r = c.expect("RESUMED");
+    assert_eq!(r["replayed"], 1, "{r}");
+    drop(a);
+}

@@ -20,6 +20,7 @@ pub mod redis;
 pub mod replay;
 
 use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,6 +78,8 @@ pub struct Router {
     inboxes: Vec<Arc<Inbox>>,
     routes: Receiver<RouteOp>,
     seq: u64,
+    /// `seq` as shards see it: the last one stamped (a subscription's floor).
+    stamped: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     ring: replay::Ring,
     parked: replay::Parked,
@@ -91,12 +94,14 @@ impl Router {
         metrics: Arc<Metrics>,
         limits: ResumeLimits,
         presence: Sender<Change>,
+        stamped: Arc<AtomicU64>,
     ) -> Router {
         Router {
             trie: Trie::new(),
             inboxes,
             routes,
             seq: 0,
+            stamped,
             metrics,
             ring: replay::Ring::new(limits.ring_bytes),
             parked: replay::Parked::default(),
@@ -155,11 +160,17 @@ impl Router {
         {
             return None;
         }
-        let mut names: Trie<u8> = Trie::new();
-        for n in d.names() {
-            names.insert(n, 0);
+        // Each name with its floor: an event is one the session would have received
+        // if some name covering its channel was held before it was stamped.
+        let mut names: Trie<u64> = Trie::new();
+        for (n, floor) in d.floors() {
+            names.insert(n, floor);
         }
-        let replay = self.ring.after(seq, |ch| names.covers(ch));
+        let replay = self.ring.after(seq, |e| {
+            let mut held = false;
+            names.for_each_covering(&e.channel, |floor| held |= e.seq > floor);
+            held
+        });
         let bytes: usize = replay.iter().map(|e| e.frame.len()).sum();
         if bytes > self.limits.max_replay_bytes {
             return None;
@@ -205,6 +216,7 @@ impl Router {
                 return;
             }
         };
+        self.stamped.store(self.seq, Relaxed);
         let mut mask: u64 = 0;
         self.trie
             .for_each_covering(&ev.channel, |shard| mask |= 1u64 << shard);
@@ -243,6 +255,7 @@ pub struct Bus {
     routes: Sender<RouteOp>,
     kind: BusKind,
     metrics: Arc<Metrics>,
+    stamped: Arc<AtomicU64>,
 }
 
 enum BusKind {
@@ -260,7 +273,15 @@ impl Bus {
         presence: Sender<Change>,
     ) -> Result<Arc<Bus>, String> {
         let (routes_tx, routes_rx) = crossbeam_channel::unbounded();
-        let router = Router::new(inboxes, routes_rx, metrics.clone(), limits, presence);
+        let stamped = Arc::new(AtomicU64::new(0));
+        let router = Router::new(
+            inboxes,
+            routes_rx,
+            metrics.clone(),
+            limits,
+            presence,
+            stamped.clone(),
+        );
         let kind = match redis_url {
             None => BusKind::Memory(memory::start(router)?),
             Some(url) => BusKind::Redis(redis::start(url, router, metrics.clone())?),
@@ -269,7 +290,13 @@ impl Bus {
             routes: routes_tx,
             kind,
             metrics,
+            stamped,
         }))
+    }
+
+    /// The last `seq` stamped: a subscription made now misses nothing later.
+    pub fn stamped(&self) -> u64 {
+        self.stamped.load(Relaxed)
     }
 
     pub fn add_route(&self, shard: usize, name: &str) {
@@ -337,7 +364,8 @@ impl Bus {
         }
     }
 
-    /// Publish and wait for the outcome (the admin route's 202 means "accepted by the bus").
+    /// Publish and wait for the outcome (the admin route's 202 means "accepted by
+    /// the bus"). A failure is counted (`publish_failed`).
     pub fn publish_wait(
         &self,
         channel: &str,
@@ -345,7 +373,7 @@ impl Bus {
         payload_json: &str,
     ) -> Result<(), String> {
         let body = event::publish_body(event, payload_json);
-        match &self.kind {
+        let r = match &self.kind {
             BusKind::Memory(tx) => tx
                 .try_send(memory::Published {
                     channel: channel.to_owned(),
@@ -358,6 +386,10 @@ impl Bus {
                     std::time::Duration::from_secs(3),
                 )
                 .map(|_| ()),
+        };
+        if r.is_err() {
+            self.metrics.bus.dropped("publish_failed");
         }
+        r
     }
 }

@@ -21,20 +21,32 @@ use super::Event;
 use crate::auth::Claims;
 
 /// A session whose connection ended uncleanly, kept for `--resume-window-seconds`.
+///
+/// Each name carries its floor: the last `seq` stamped before the session held it.
+/// Only later events on it are ones the session "would have received" (SPEC §8), so
+/// a resume from `seq 0` by a session that saw nothing replays nothing older than
+/// the session itself.
 #[derive(Debug, Clone)]
 pub struct Detached {
     pub session_id: String,
     pub claims: Claims,
-    /// `user:{sub}`.
+    /// `user:{sub}`, held since `floor`.
     pub auto_sub: String,
-    /// Explicit subscriptions (normalised names).
-    pub subs: Vec<String>,
+    pub floor: u64,
+    /// Explicit subscriptions (normalised names), each with its floor.
+    pub subs: Vec<(String, u64)>,
     pub expires: Instant,
 }
 
 impl Detached {
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.auto_sub.as_str()).chain(self.subs.iter().map(|s| s.as_str()))
+        std::iter::once(self.auto_sub.as_str()).chain(self.subs.iter().map(|(s, _)| s.as_str()))
+    }
+
+    /// Every name with its floor.
+    pub fn floors(&self) -> impl Iterator<Item = (&str, u64)> {
+        std::iter::once((self.auto_sub.as_str(), self.floor))
+            .chain(self.subs.iter().map(|(s, f)| (s.as_str(), *f)))
     }
 }
 
@@ -89,12 +101,12 @@ impl Ring {
         }
     }
 
-    /// Events with `seq > after` whose channel `covers` accepts, oldest first.
-    pub fn after(&self, after: u64, mut covers: impl FnMut(&str) -> bool) -> Vec<Arc<Event>> {
+    /// Events with `seq > after` that `wanted` accepts, oldest first.
+    pub fn after(&self, after: u64, mut wanted: impl FnMut(&Event) -> bool) -> Vec<Arc<Event>> {
         let start = self.events.partition_point(|e| e.seq <= after);
         self.events
             .range(start..)
-            .filter(|e| covers(&e.channel))
+            .filter(|e| wanted(e))
             .cloned()
             .collect()
     }
@@ -189,7 +201,11 @@ mod tests {
         assert_eq!(r.evicted_max_seq, 2);
         let got: Vec<u64> = r.after(3, |_| true).iter().map(|e| e.seq).collect();
         assert_eq!(got, vec![4, 5]);
-        let got: Vec<u64> = r.after(0, |c| c == "a:b").iter().map(|e| e.seq).collect();
+        let got: Vec<u64> = r
+            .after(0, |e| &*e.channel == "a:b")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(got, vec![3, 4, 5]);
     }
 
@@ -200,7 +216,8 @@ mod tests {
             session_id: id.into(),
             claims: claims.clone(),
             auto_sub: "user:u".into(),
-            subs: vec!["live:x".into()],
+            floor: 0,
+            subs: vec![("live:x".into(), 0)],
             expires: Instant::now(),
         };
         let mut p = Parked::default();

@@ -366,10 +366,7 @@ fn decide(shard: &Shard, head: &[u8], mut ip: IpAddr) -> Decision {
     let claims = match header(&req, "authorization") {
         None => None,
         Some(v) => {
-            let token = v
-                .strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .map(str::trim);
+            let token = crate::auth::bearer_token(v);
             match token.map(|t| shard.shared.verifier.verify(t)) {
                 Some(Ok(c)) => Some(c),
                 _ => return Decision::Refuse("401 Unauthorized", "invalid token\n"),

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::{Message, WebSocketContext};
 
 use super::Shard;
-use crate::auth::{now_secs, Claims};
+use crate::auth::Claims;
 use crate::channels::{self, Root, TypingTarget};
 use crate::protocol::messages::{self as msg, ClientMsg, DecodeError};
 use crate::protocol::{codes, frame, ErrorCode};
@@ -89,26 +89,31 @@ impl RateWindow {
     }
 }
 
-/// A connection's explicit subscriptions: a sorted boxed-str vector — a few dozen
-/// bytes for the usual handful, binary search for the up-to-1000.
+/// A connection's explicit subscriptions: a sorted vector of names, each with its
+/// floor (the last `seq` stamped before it was subscribed, for resume — see
+/// `bus::Detached`) — a few dozen bytes for the usual handful, binary search for
+/// the up-to-1000.
 #[derive(Debug, Default, Clone)]
-pub struct SubSet(Vec<Box<str>>);
+pub struct SubSet(Vec<(Box<str>, u64)>);
 
 impl SubSet {
-    pub fn contains(&self, name: &str) -> bool {
-        self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| (**n).cmp(name))
     }
-    pub fn insert(&mut self, name: &str) -> bool {
-        match self.0.binary_search_by(|n| (**n).cmp(name)) {
+    pub fn contains(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+    pub fn insert(&mut self, name: &str, floor: u64) -> bool {
+        match self.find(name) {
             Ok(_) => false,
             Err(i) => {
-                self.0.insert(i, name.into());
+                self.0.insert(i, (name.into(), floor));
                 true
             }
         }
     }
     pub fn remove(&mut self, name: &str) -> bool {
-        match self.0.binary_search_by(|n| (**n).cmp(name)) {
+        match self.find(name) {
             Ok(i) => {
                 self.0.remove(i);
                 true
@@ -123,15 +128,22 @@ impl SubSet {
         self.0.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|b| &**b)
+        self.0.iter().map(|(n, _)| &**n)
+    }
+    /// Names with their floors.
+    pub fn floors(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(n, f)| (&**n, *f))
     }
 }
 
-impl FromIterator<String> for SubSet {
-    fn from_iter<I: IntoIterator<Item = String>>(it: I) -> Self {
-        let mut v: Vec<Box<str>> = it.into_iter().map(String::into_boxed_str).collect();
+impl FromIterator<(String, u64)> for SubSet {
+    fn from_iter<I: IntoIterator<Item = (String, u64)>>(it: I) -> Self {
+        let mut v: Vec<(Box<str>, u64)> = it
+            .into_iter()
+            .map(|(n, f)| (n.into_boxed_str(), f))
+            .collect();
         v.sort();
-        v.dedup();
+        v.dedup_by(|a, b| a.0 == b.0);
         SubSet(v)
     }
 }
@@ -141,6 +153,8 @@ impl FromIterator<String> for SubSet {
 pub struct Session {
     pub session_id: String,
     pub claims: Claims,
+    /// The last `seq` stamped before `user:{sub}` was subscribed (resume's floor).
+    pub floor: u64,
     /// Explicit subscriptions (normalised names).
     pub subs: SubSet,
     pub rate: RateWindow,
@@ -853,7 +867,8 @@ fn cleanup(shard: &Shard, conn: &Conn) {
                     session_id: s.session_id.clone(),
                     claims: s.claims.clone(),
                     auto_sub: s.auto_sub(),
-                    subs: s.subs.iter().map(str::to_owned).collect(),
+                    floor: s.floor,
+                    subs: s.subs.floors().map(|(n, f)| (n.to_owned(), f)).collect(),
                     expires: Instant::now() + Duration::from_secs(window),
                 })));
         }
@@ -1013,6 +1028,7 @@ async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
     // events that arrive before HELLO_ACK are held and follow it.
     let auto_sub = format!("user:{}", claims.sub);
     conn.holding.set(true);
+    let floor = shard.shared.bus.stamped();
     shard.subscribe(&auto_sub, conn.key.get());
     // Counted before HELLO_ACK (SPEC §6): once the client has it, this session keeps
     // its user online even if another of the user's sessions, on any node, ends
@@ -1026,7 +1042,7 @@ async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
         let _ = shard.shared.presence_end(&claims.sub);
         return;
     }
-    start_session(shard, conn, claims, new_session_id());
+    start_session(shard, conn, claims, new_session_id(), floor);
     let held = std::mem::take(&mut *conn.held.borrow_mut());
     if !held.is_empty() {
         conn.out.borrow_mut().extend_from_slice(&held);
@@ -1034,7 +1050,13 @@ async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
     }
 }
 
-fn start_session(shard: &Rc<Shard>, conn: &Rc<Conn>, claims: Claims, session_id: String) {
+fn start_session(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    claims: Claims,
+    session_id: String,
+    floor: u64,
+) {
     // hello() routed the user tree before this.
     let ack = msg::encode(
         "HELLO_ACK",
@@ -1047,6 +1069,7 @@ fn start_session(shard: &Rc<Shard>, conn: &Rc<Conn>, claims: Claims, session_id:
     let session = Session {
         session_id,
         claims,
+        floor,
         subs: SubSet::default(),
         rate: RateWindow::new(Instant::now()),
         typing: Vec::new(),
@@ -1118,7 +1141,7 @@ pub fn apply_grant(shard: &Rc<Shard>, g: crate::bus::Grant) {
     let key = conn.key.get();
     let d = r.session;
     shard.subscribe(&d.auto_sub, key);
-    for n in &d.subs {
+    for (n, _) in &d.subs {
         shard.subscribe(n, key);
     }
     let replayed = r.replay.len() as u64;
@@ -1130,6 +1153,7 @@ pub fn apply_grant(shard: &Rc<Shard>, g: crate::bus::Grant) {
     let session = Session {
         session_id: d.session_id,
         claims: *claims,
+        floor: d.floor,
         subs: d.subs.into_iter().collect(),
         rate: RateWindow::new(Instant::now()),
         typing: Vec::new(),
@@ -1299,8 +1323,9 @@ async fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, channels: Vec<Result<Stri
                     continue;
                 }
                 // Route queued before SUBSCRIBED is sent (SPEC §3's promise).
+                let floor = shard.shared.bus.stamped();
                 shard.subscribe(&sub.name, key);
-                session.subs.insert(&sub.name);
+                session.subs.insert(&sub.name, floor);
             }
             if !granted.contains(&raw) {
                 granted.push(raw);
@@ -1435,7 +1460,13 @@ pub fn on_tick(shard: &Shard, conn: &Conn, now: Instant) {
                 }
             });
         }
-        if now_secs() > session.claims.exp + shard.shared.cfg.args.token_grace_seconds {
+        // In milliseconds: "once exp + grace has passed", not up to a second later.
+        let deadline = session
+            .claims
+            .exp
+            .saturating_add(shard.shared.cfg.args.token_grace_seconds)
+            .saturating_mul(1000);
+        if now_millis() > deadline {
             expired_token = true;
         }
     }
