@@ -137,7 +137,7 @@ impl Verifier {
 /// case-insensitive (RFC 7235 §2.1).
 pub fn bearer_token(value: &str) -> Option<&str> {
     let value = value.trim();
-    let (scheme, token) = value.split_once(|c: char| c == ' ' || c == '\t')?;
+    let (scheme, token) = value.split_once([' ', '\t'])?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
