@@ -97,6 +97,32 @@ mod tests {
         assert_eq!(cut_frame_end(&b[..8], 0, 8), 8);
     }
 
+    proptest::proptest! {
+        /// Against a model that remembers where each frame ends: for any run of
+        /// frames (small, 16-bit and 64-bit lengths) and any write length, the bytes
+        /// to keep are exactly the rest of the frame the write stopped in.
+        #[test]
+        fn cut_frame_end_matches_the_frame_boundaries(
+            sizes in proptest::collection::vec(
+                proptest::prop_oneof![0usize..126, 126usize..2000, 65_536usize..65_600],
+                1..8,
+            ),
+            cut in 0.0f64..1.0,
+        ) {
+            let mut buf = Vec::new();
+            let mut ends = Vec::new();
+            for n in &sizes {
+                text_frame_into(&vec![b'q'; *n], &mut buf);
+                ends.push(buf.len());
+            }
+            let sent = ((buf.len() as f64) * cut) as usize;
+            let want = if sent == 0 { 0 } else {
+                *ends.iter().find(|e| **e >= sent).unwrap_or(&buf.len())
+            };
+            proptest::prop_assert_eq!(cut_frame_end(&buf, 0, sent), want);
+        }
+    }
+
     #[test]
     fn small_medium_large_headers() {
         assert_eq!(&text_frame(b"hi")[..2], &[0x81, 2]);
