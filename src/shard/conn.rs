@@ -410,7 +410,12 @@ impl Conn {
             return;
         }
         frame::text_frame_into(json, &mut self.out.borrow_mut());
-        self.wake_writer();
+        // Write it now if nothing is in flight (a reply needs no writer task unless
+        // the socket pushes back); `flush_direct` hands over to the writer otherwise.
+        match shard.latency.try_borrow_mut() {
+            Ok(mut latency) => self.flush_direct(&mut latency),
+            Err(_) => self.wake_writer(),
+        }
     }
 
     /// Choose the close code and queue the close frame (unless `send_frame` is false:
