@@ -132,7 +132,6 @@ impl Verifier {
     }
 }
 
-/// Seconds since the Unix epoch.
 /// The token of an `Authorization: Bearer TOKEN` header value; the scheme is
 /// case-insensitive (RFC 7235 §2.1).
 pub fn bearer_token(value: &str) -> Option<&str> {
@@ -142,6 +141,7 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -31,7 +31,7 @@ use crate::presence::Change;
 use crate::shard::inbox::Inbox;
 
 pub use event::Event;
-pub use replay::{Detached, Grant, Resumed};
+pub use replay::{Detached, Floor, Grant, Resumed};
 
 /// The router-trie value for names held by detached sessions: not a shard, but
 /// events under it are still recorded in the replay ring.
@@ -153,22 +153,25 @@ impl Router {
 
     fn resume(&mut self, session_id: &str, user: &str, seq: u64, shard: u8) -> Option<Resumed> {
         let d = self.parked.sessions.get(session_id)?;
+        // Nothing at or below every name's floor can be wanted: a resume from an
+        // older `seq` needs the ring to reach back only that far.
+        let from = d.floors().map(|(_, f)| f.local).min().unwrap_or(0).max(seq);
         if d.claims.sub != user
             || d.expires <= Instant::now()
             || seq > self.seq
-            || self.ring.evicted_max_seq > seq
+            || self.ring.evicted_max_seq > from
         {
             return None;
         }
-        // Each name with its floor: an event is one the session would have received
-        // if some name covering its channel was held before it was stamped.
-        let mut names: Trie<u64> = Trie::new();
+        // An event is replayed if some name covering its channel was held before it
+        // (its floor admits it): what the session would have received.
+        let mut names: Trie<Floor> = Trie::new();
         for (n, floor) in d.floors() {
             names.insert(n, floor);
         }
-        let replay = self.ring.after(seq, |e| {
+        let replay = self.ring.after(from, |e, mask| {
             let mut held = false;
-            names.for_each_covering(&e.channel, |floor| held |= e.seq > floor);
+            names.for_each_covering(&e.channel, |f| held |= f.admits(e.seq, mask));
             held
         });
         let bytes: usize = replay.iter().map(|e| e.frame.len()).sum();
@@ -225,7 +228,7 @@ impl Router {
         }
         let ev = Arc::new(ev);
         if self.limits.ring_bytes > 0 {
-            self.ring.push(ev.clone());
+            self.ring.push(ev.clone(), mask);
         }
         mask &= !(1u64 << PARKED);
         while mask != 0 {

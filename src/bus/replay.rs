@@ -20,21 +20,41 @@ use std::time::Instant;
 use super::Event;
 use crate::auth::Claims;
 
-/// A session whose connection ended uncleanly, kept for `--resume-window-seconds`.
+/// Where the event stream stood when a session subscribed a name: which events on
+/// it the session "would have received" (SPEC §8).
 ///
-/// Each name carries its floor: the last `seq` stamped before the session held it.
-/// Only later events on it are ones the session "would have received" (SPEC §8), so
-/// a resume from `seq 0` by a session that saw nothing replays nothing older than
-/// the session itself.
+/// `global` is the last `seq` stamped then; `local` the last event `shard` had
+/// taken from its inbox then (never above `global`). Events still in that shard's
+/// inbox — stamped before the subscription, delivered after it — have
+/// `local < seq ≤ global` and were routed to `shard`; every event stamped later has
+/// `seq > global`. So a resume from `seq 0` by a session that saw nothing replays
+/// nothing older than the session, and nothing it was sent is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Floor {
+    pub shard: u8,
+    pub local: u64,
+    pub global: u64,
+}
+
+impl Floor {
+    /// Whether an event (`seq`, routed to the shards in `mask`) came after the
+    /// subscription this floor records.
+    pub fn admits(&self, seq: u64, mask: u64) -> bool {
+        seq > self.global || (seq > self.local && mask & (1u64 << self.shard) != 0)
+    }
+}
+
+/// A session whose connection ended uncleanly, kept for `--resume-window-seconds`.
+/// Each of its names carries the [`Floor`] of its subscription.
 #[derive(Debug, Clone)]
 pub struct Detached {
     pub session_id: String,
     pub claims: Claims,
     /// `user:{sub}`, held since `floor`.
     pub auto_sub: String,
-    pub floor: u64,
+    pub floor: Floor,
     /// Explicit subscriptions (normalised names), each with its floor.
-    pub subs: Vec<(String, u64)>,
+    pub subs: Vec<(String, Floor)>,
     pub expires: Instant,
 }
 
@@ -44,7 +64,7 @@ impl Detached {
     }
 
     /// Every name with its floor.
-    pub fn floors(&self) -> impl Iterator<Item = (&str, u64)> {
+    pub fn floors(&self) -> impl Iterator<Item = (&str, Floor)> {
         std::iter::once((self.auto_sub.as_str(), self.floor))
             .chain(self.subs.iter().map(|(s, f)| (s.as_str(), *f)))
     }
@@ -71,7 +91,8 @@ fn cost(e: &Event) -> usize {
 }
 
 pub struct Ring {
-    events: VecDeque<Arc<Event>>,
+    /// Each event with the shards it was routed to.
+    events: VecDeque<(Arc<Event>, u64)>,
     bytes: usize,
     cap: usize,
     pub evicted_max_seq: u64,
@@ -87,12 +108,12 @@ impl Ring {
         }
     }
 
-    pub fn push(&mut self, e: Arc<Event>) {
+    pub fn push(&mut self, e: Arc<Event>, mask: u64) {
         self.bytes += cost(&e);
-        self.events.push_back(e);
+        self.events.push_back((e, mask));
         while self.bytes > self.cap {
             match self.events.pop_front() {
-                Some(old) => {
+                Some((old, _)) => {
                     self.bytes -= cost(&old);
                     self.evicted_max_seq = self.evicted_max_seq.max(old.seq);
                 }
@@ -101,13 +122,18 @@ impl Ring {
         }
     }
 
-    /// Events with `seq > after` that `wanted` accepts, oldest first.
-    pub fn after(&self, after: u64, mut wanted: impl FnMut(&Event) -> bool) -> Vec<Arc<Event>> {
-        let start = self.events.partition_point(|e| e.seq <= after);
+    /// Events with `seq > after` that `wanted` accepts (given each event and the
+    /// shards it was routed to), oldest first.
+    pub fn after(
+        &self,
+        after: u64,
+        mut wanted: impl FnMut(&Event, u64) -> bool,
+    ) -> Vec<Arc<Event>> {
+        let start = self.events.partition_point(|(e, _)| e.seq <= after);
         self.events
             .range(start..)
-            .filter(|e| wanted(e))
-            .cloned()
+            .filter(|(e, mask)| wanted(e, *mask))
+            .map(|(e, _)| e.clone())
             .collect()
     }
 
@@ -196,17 +222,37 @@ mod tests {
     fn ring_evicts_by_bytes_and_remembers_how_far() {
         let mut r = Ring::new(3 * (100 + 3 + EVENT_OVERHEAD));
         for s in 1..=5 {
-            r.push(ev(s, "a:b", 100));
+            r.push(ev(s, "a:b", 100), 1);
         }
         assert_eq!(r.evicted_max_seq, 2);
-        let got: Vec<u64> = r.after(3, |_| true).iter().map(|e| e.seq).collect();
+        let got: Vec<u64> = r.after(3, |_, _| true).iter().map(|e| e.seq).collect();
         assert_eq!(got, vec![4, 5]);
         let got: Vec<u64> = r
-            .after(0, |e| &*e.channel == "a:b")
+            .after(0, |e, _| &*e.channel == "a:b")
             .iter()
             .map(|e| e.seq)
             .collect();
         assert_eq!(got, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_floor_admits_what_came_after_its_subscription() {
+        let f = Floor {
+            shard: 1,
+            local: 10,
+            global: 20,
+        };
+        assert!(
+            !f.admits(10, 0b10),
+            "taken by the shard before the subscription"
+        );
+        assert!(
+            f.admits(15, 0b10),
+            "in the shard's inbox: delivered after it"
+        );
+        assert!(!f.admits(15, 0b01), "went only to another shard before it");
+        assert!(f.admits(21, 0b01), "stamped after it");
+        assert!(f.admits(21, 0));
     }
 
     #[test]
@@ -216,8 +262,8 @@ mod tests {
             session_id: id.into(),
             claims: claims.clone(),
             auto_sub: "user:u".into(),
-            floor: 0,
-            subs: vec![("live:x".into(), 0)],
+            floor: Floor::default(),
+            subs: vec![("live:x".into(), Floor::default())],
             expires: Instant::now(),
         };
         let mut p = Parked::default();

@@ -120,6 +120,21 @@ mod tests {
                 *ends.iter().find(|e| **e >= sent).unwrap_or(&buf.len())
             };
             proptest::prop_assert_eq!(cut_frame_end(&buf, 0, sent), want);
+            // After that partial write, `out` starts mid-frame: the next write's
+            // boundaries begin where the cut frame ends.
+            let rest = &buf[sent..];
+            let start = want - sent;
+            let sent2 = ((rest.len() as f64) * (1.0 - cut)) as usize;
+            let want2 = if sent2 <= start {
+                start.max(sent2)
+            } else {
+                ends.iter()
+                    .filter(|e| **e > sent)
+                    .map(|e| e - sent)
+                    .find(|e| *e >= sent2)
+                    .unwrap_or(rest.len())
+            };
+            proptest::prop_assert_eq!(cut_frame_end(rest, start, sent2), want2);
         }
     }
 

@@ -40,6 +40,7 @@ use tungstenite::protocol::{Message, WebSocketContext};
 
 use super::Shard;
 use crate::auth::Claims;
+use crate::bus::Floor;
 use crate::channels::{self, Root, TypingTarget};
 use crate::protocol::messages::{self as msg, ClientMsg, DecodeError};
 use crate::protocol::{codes, frame, ErrorCode};
@@ -89,12 +90,11 @@ impl RateWindow {
     }
 }
 
-/// A connection's explicit subscriptions: a sorted vector of names, each with its
-/// floor (the last `seq` stamped before it was subscribed, for resume — see
-/// `bus::Detached`) — a few dozen bytes for the usual handful, binary search for
-/// the up-to-1000.
+/// A connection's explicit subscriptions: a sorted vector of names, each with the
+/// [`Floor`] of its subscription (for resume) — a few dozen bytes for the usual
+/// handful, binary search for the up-to-1000.
 #[derive(Debug, Default, Clone)]
-pub struct SubSet(Vec<(Box<str>, u64)>);
+pub struct SubSet(Vec<(Box<str>, Floor)>);
 
 impl SubSet {
     fn find(&self, name: &str) -> Result<usize, usize> {
@@ -103,7 +103,7 @@ impl SubSet {
     pub fn contains(&self, name: &str) -> bool {
         self.find(name).is_ok()
     }
-    pub fn insert(&mut self, name: &str, floor: u64) -> bool {
+    pub fn insert(&mut self, name: &str, floor: Floor) -> bool {
         match self.find(name) {
             Ok(_) => false,
             Err(i) => {
@@ -131,18 +131,18 @@ impl SubSet {
         self.0.iter().map(|(n, _)| &**n)
     }
     /// Names with their floors.
-    pub fn floors(&self) -> impl Iterator<Item = (&str, u64)> {
+    pub fn floors(&self) -> impl Iterator<Item = (&str, Floor)> {
         self.0.iter().map(|(n, f)| (&**n, *f))
     }
 }
 
-impl FromIterator<(String, u64)> for SubSet {
-    fn from_iter<I: IntoIterator<Item = (String, u64)>>(it: I) -> Self {
-        let mut v: Vec<(Box<str>, u64)> = it
+impl FromIterator<(String, Floor)> for SubSet {
+    fn from_iter<I: IntoIterator<Item = (String, Floor)>>(it: I) -> Self {
+        let mut v: Vec<(Box<str>, Floor)> = it
             .into_iter()
             .map(|(n, f)| (n.into_boxed_str(), f))
             .collect();
-        v.sort();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
         v.dedup_by(|a, b| a.0 == b.0);
         SubSet(v)
     }
@@ -153,8 +153,8 @@ impl FromIterator<(String, u64)> for SubSet {
 pub struct Session {
     pub session_id: String,
     pub claims: Claims,
-    /// The last `seq` stamped before `user:{sub}` was subscribed (resume's floor).
-    pub floor: u64,
+    /// Where the event stream stood when `user:{sub}` was subscribed (resume).
+    pub floor: Floor,
     /// Explicit subscriptions (normalised names).
     pub subs: SubSet,
     pub rate: RateWindow,
@@ -1033,7 +1033,7 @@ async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
     // events that arrive before HELLO_ACK are held and follow it.
     let auto_sub = format!("user:{}", claims.sub);
     conn.holding.set(true);
-    let floor = shard.shared.bus.stamped();
+    let floor = shard.floor();
     shard.subscribe(&auto_sub, conn.key.get());
     // Counted before HELLO_ACK (SPEC §6): once the client has it, this session keeps
     // its user online even if another of the user's sessions, on any node, ends
@@ -1060,7 +1060,7 @@ fn start_session(
     conn: &Rc<Conn>,
     claims: Claims,
     session_id: String,
-    floor: u64,
+    floor: Floor,
 ) {
     // hello() routed the user tree before this.
     let ack = msg::encode(
@@ -1328,7 +1328,7 @@ async fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, channels: Vec<Result<Stri
                     continue;
                 }
                 // Route queued before SUBSCRIBED is sent (SPEC §3's promise).
-                let floor = shard.shared.bus.stamped();
+                let floor = shard.floor();
                 shard.subscribe(&sub.name, key);
                 session.subs.insert(&sub.name, floor);
             }

@@ -79,11 +79,22 @@ pub struct Shard {
     pub handshakes: accept::Handshakes,
     /// Connections given frames in the current fan-out turn (see `fanout::flush`).
     pub dirty: RefCell<Vec<u32>>,
+    /// The `seq` of the last event taken from the inbox (a subscription's floor).
+    pub last_seq: Cell<u64>,
 }
 
 impl Shard {
     pub fn metrics(&self) -> &ShardMetrics {
         &self.shared.metrics.shards[self.id]
+    }
+
+    /// Where the event stream stands for a subscription made now (resume floors).
+    pub fn floor(&self) -> crate::bus::Floor {
+        crate::bus::Floor {
+            shard: self.id as u8,
+            local: self.last_seq.get(),
+            global: self.shared.bus.stamped(),
+        }
     }
 
     /// Add `key` under `name`; tell the router if the name is new on this shard.
@@ -136,6 +147,7 @@ pub async fn run(id: usize, shared: Arc<Shared>, inbox: Arc<Inbox>, listener: Tc
         next_conn_id: Cell::new(1),
         handshakes: accept::Handshakes::default(),
         dirty: RefCell::new(Vec::new()),
+        last_seq: Cell::new(0),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     glommio::spawn_local(accept::accept_loop(shard.clone(), listener)).detach();
@@ -163,6 +175,7 @@ async fn inbox_loop(shard: Rc<Shard>) {
         while let Some(item) = shard.inbox.pop() {
             match item {
                 Item::Event(ev) => {
+                    shard.last_seq.set(ev.seq);
                     fanout::deliver(&shard, &ev);
                     n += 1;
                     bytes += ev.frame.len();
