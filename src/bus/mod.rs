@@ -155,7 +155,12 @@ impl Router {
         let d = self.parked.sessions.get(session_id)?;
         // Nothing at or below every name's floor can be wanted: a resume from an
         // older `seq` needs the ring to reach back only that far.
-        let from = d.floors().map(|(_, f)| f.local).min().unwrap_or(0).max(seq);
+        let from = d
+            .floors()
+            .map(|(_, f)| f.local())
+            .min()
+            .unwrap_or(0)
+            .max(seq);
         if d.claims.sub != user
             || d.expires <= Instant::now()
             || seq > self.seq

@@ -29,18 +29,35 @@ use crate::auth::Claims;
 /// `local < seq ≤ global` and were routed to `shard`; every event stamped later has
 /// `seq > global`. So a resume from `seq 0` by a session that saw nothing replays
 /// nothing older than the session, and nothing it was sent is skipped.
+///
+/// 16 bytes (it is kept per subscription): `local` is stored as how far it was
+/// behind `global` — an inbox backlog, bounded by the inbox — saturated at
+/// `u32::MAX`, which only lowers `local` (a possible extra replay, never a skip).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Floor {
-    pub shard: u8,
-    pub local: u64,
-    pub global: u64,
+    global: u64,
+    behind: u32,
+    shard: u8,
 }
 
 impl Floor {
+    pub fn new(shard: u8, local: u64, global: u64) -> Floor {
+        let local = local.min(global);
+        Floor {
+            global,
+            behind: u32::try_from(global - local).unwrap_or(u32::MAX),
+            shard,
+        }
+    }
+
+    pub fn local(&self) -> u64 {
+        self.global - u64::from(self.behind)
+    }
+
     /// Whether an event (`seq`, routed to the shards in `mask`) came after the
     /// subscription this floor records.
     pub fn admits(&self, seq: u64, mask: u64) -> bool {
-        seq > self.global || (seq > self.local && mask & (1u64 << self.shard) != 0)
+        seq > self.global || (seq > self.local() && mask & (1u64 << self.shard) != 0)
     }
 }
 
@@ -237,11 +254,9 @@ mod tests {
 
     #[test]
     fn a_floor_admits_what_came_after_its_subscription() {
-        let f = Floor {
-            shard: 1,
-            local: 10,
-            global: 20,
-        };
+        let f = Floor::new(1, 10, 20);
+        assert_eq!(f.local(), 10);
+        assert_eq!(std::mem::size_of::<Floor>(), 16);
         assert!(
             !f.admits(10, 0b10),
             "taken by the shard before the subscription"

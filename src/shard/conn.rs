@@ -107,6 +107,8 @@ impl SubSet {
         match self.find(name) {
             Ok(_) => false,
             Err(i) => {
+                // Exact growth: most connections hold a handful, idle for hours.
+                self.0.reserve_exact(1);
                 self.0.insert(i, (name.into(), floor));
                 true
             }
@@ -415,6 +417,12 @@ impl Conn {
         match shard.latency.try_borrow_mut() {
             Ok(mut latency) => self.flush_direct(&mut latency),
             Err(_) => self.wake_writer(),
+        }
+        // A reply is rare: an idle connection keeps no buffer for it.
+        if let Ok(mut out) = self.out.try_borrow_mut() {
+            if out.is_empty() && self.inflight.get() == 0 {
+                *out = Vec::new();
+            }
         }
     }
 

@@ -90,11 +90,11 @@ impl Shard {
 
     /// Where the event stream stands for a subscription made now (resume floors).
     pub fn floor(&self) -> crate::bus::Floor {
-        crate::bus::Floor {
-            shard: self.id as u8,
-            local: self.last_seq.get(),
-            global: self.shared.bus.stamped(),
-        }
+        crate::bus::Floor::new(
+            self.id as u8,
+            self.last_seq.get(),
+            self.shared.bus.stamped(),
+        )
     }
 
     /// Add `key` under `name`; tell the router if the name is new on this shard.
