@@ -89,6 +89,21 @@ fn reader(listener: TcpListener, n: usize) -> u64 {
     total
 }
 
+/// `n` loopback connections (TCP_NODELAY) and the reader thread draining them.
+fn connect(n: usize) -> (std::thread::JoinHandle<u64>, Vec<TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let r = std::thread::spawn(move || reader(listener, n));
+    let socks = (0..n)
+        .map(|_| {
+            let s = TcpStream::connect(addr).expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            s
+        })
+        .collect();
+    (r, socks)
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Way {
     Send,
@@ -97,16 +112,7 @@ enum Way {
 }
 
 fn run(way: Way, n: usize, secs: u64) -> (f64, u64) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let r = std::thread::spawn(move || reader(listener, n));
-    let socks: Vec<TcpStream> = (0..n)
-        .map(|_| {
-            let s = TcpStream::connect(addr).expect("connect");
-            s.set_nodelay(true).expect("nodelay");
-            s
-        })
-        .collect();
+    let (r, socks) = connect(n);
     let fds: Vec<i32> = socks.iter().map(|s| s.as_raw_fd()).collect();
     let msg = [b'x'; MSG];
     let mut ring = io_uring::IoUring::new(256).expect("io_uring");
@@ -187,16 +193,7 @@ fn run(way: Way, n: usize, secs: u64) -> (f64, u64) {
 /// event to every subscriber; returns the wall time of the whole burst (median of
 /// `bursts`, one a second).
 fn burst(n: usize, bursts: usize) -> Duration {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let r = std::thread::spawn(move || reader(listener, n));
-    let socks: Vec<TcpStream> = (0..n)
-        .map(|_| {
-            let s = TcpStream::connect(addr).expect("connect");
-            s.set_nodelay(true).expect("nodelay");
-            s
-        })
-        .collect();
+    let (r, socks) = connect(n);
     let msg = [b'x'; MSG];
     let mut took = Vec::with_capacity(bursts);
     for _ in 0..bursts {
