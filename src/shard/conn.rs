@@ -13,7 +13,7 @@
 //! something that could not go out that way — replies, pongs, close frames,
 //! whatever a socket pushed back: `wake_writer` spawns it, it writes the
 //! connection's outbound buffer until it is empty, and ends. An idle connection
-//! therefore holds one task, one pending read and its state — about 2.9 KB of RSS
+//! therefore holds one task, one pending read and its state — about 2.7 KB of RSS
 //! (loadtest/RESULTS.md). Only one of them writes at a time: the fan-out writes
 //! only while the writer has nothing in flight. The outbound bytes — event frames,
 //! replies, tungstenite's pongs — are bounded by `--send-queue-bytes` (4010 past
