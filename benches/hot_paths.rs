@@ -4,8 +4,8 @@
 //! * `event/sonic_rs` vs `event/serde_json`: parse a ~200-byte bus event and encode
 //!   its EVENT frame — the choice of sonic-rs is justified (or not) here;
 //! * `fanout/10k_local`: one shard's fan-out of one event to 10 000 local
-//!   subscribers, through the real `Conn::push_event` (copy into each outbound
-//!   buffer, wake the writer).
+//!   subscribers, through the real `fanout::deliver_into` (trie walk, copy into
+//!   each outbound buffer, dirty list; the socket writes are not included).
 //!
 //! Run: `cargo bench --bench hot_paths`. Figures go in loadtest/RESULTS.md as ratios.
 
@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::time::Instant;
 use xcord_gateway::bus::event::{self, Event};
 use xcord_gateway::channels::Trie;
+use xcord_gateway::protocol::frame;
 use xcord_gateway::shard::conn::Conn;
 use xcord_gateway::shard::fanout;
 
@@ -71,7 +72,7 @@ fn build_serde(channel: &str, body: &[u8], seq: u64) -> Option<Vec<u8>> {
     text.extend_from_slice(br#","payload":"#);
     text.extend_from_slice(inc.payload.map(|p| p.get()).unwrap_or("null").as_bytes());
     text.extend_from_slice(b"}}");
-    Some(xcord_gateway::protocol::frame::text_frame(&text))
+    Some(frame::text_frame(&text))
 }
 
 fn parse_encode(c: &mut Criterion) {
@@ -116,9 +117,9 @@ fn fanout_local(c: &mut Criterion) {
             assert_eq!(o.delivered, n as u64);
             // What the writers would do: take the bytes out.
             for (_, c) in conns.iter() {
-                c.out.borrow_mut().clear();
-                c.pending_since.set(None);
-                c.dirty.set(false);
+                c.out.buf.borrow_mut().clear();
+                c.out.pending_since.set(None);
+                c.out.dirty.set(false);
             }
         })
     });

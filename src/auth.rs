@@ -7,38 +7,12 @@
 //! `iss`/`aud` are checked only when configured, and a token carrying `aud` is
 //! accepted when no audience is configured.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::collections::HashSet;
 
-/// The claims the gateway reads.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Claims {
-    pub sub: String,
-    pub exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iss: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<Audience>,
-    /// Server ids the user belongs to.
-    #[serde(default)]
-    pub servers: Vec<String>,
-    /// DM conversation ids the user is part of.
-    #[serde(default)]
-    pub dms: Vec<String>,
-}
+use crate::config::JwtConfig;
 
-/// The `aud` claim: one string or a list (RFC 7519 §4.1.3).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
+pub use xcord_common::claims::{sign_hs256, Audience, Claims};
 
 /// A configured token verifier.
 pub struct Verifier {
@@ -55,6 +29,26 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// The verifier the configuration names: HS256 with `--jwt-secret`, or the key
+    /// of `--jwt-public-key`.
+    pub fn from_config(jwt: &JwtConfig) -> Result<Verifier, String> {
+        let (issuer, audience) = (jwt.issuer.as_deref(), jwt.audience.as_deref());
+        match (&jwt.secret, &jwt.public_key) {
+            (Some(s), _) => Ok(Verifier::hs256(
+                s.as_bytes(),
+                issuer,
+                audience,
+                jwt.leeway_secs,
+            )),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("cannot read --jwt-public-key {}: {e}", path.display()))?;
+                Verifier::from_pem(&pem, issuer, audience, jwt.leeway_secs)
+            }
+            (None, None) => Err("one of --jwt-secret or --jwt-public-key is required".into()),
+        }
+    }
+
     /// HS256 with a shared secret.
     pub fn hs256(
         secret: &[u8],
@@ -123,7 +117,7 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| e.to_string())?;
         if data.claims.sub.is_empty()
-            || !crate::channels::name::valid_channel(&data.claims.sub)
+            || !xcord_common::channels::valid_channel(&data.claims.sub)
             || data.claims.sub.contains(':')
         {
             return Err("sub is not a usable user id".into());
@@ -139,39 +133,6 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once([' ', '\t'])?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Sign an HS256 token (the `token` subcommand, tests and the load tester).
-pub fn sign_hs256(secret: &[u8], claims: &Claims) -> Result<String, String> {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .map_err(|e| e.to_string())
-}
-
-/// Claims for a user valid for `ttl_secs` from now.
-pub fn claims_for(sub: &str, servers: &[String], dms: &[String], ttl_secs: u64) -> Claims {
-    let now = now_secs();
-    Claims {
-        sub: sub.to_owned(),
-        exp: now + ttl_secs,
-        nbf: None,
-        iat: Some(now),
-        iss: None,
-        aud: None,
-        servers: servers.to_vec(),
-        dms: dms.to_vec(),
-    }
 }
 
 #[cfg(test)]
@@ -193,6 +154,11 @@ mod bearer_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xcord_common::clock::unix_secs as now_secs;
+
+    fn claims_for(sub: &str, servers: &[String], dms: &[String], ttl: u64) -> Claims {
+        Claims::new(sub, servers, dms, ttl)
+    }
 
     #[test]
     fn accepts_valid_and_refuses_bad() {

@@ -23,7 +23,7 @@ fn main() {
         .init();
     match cli.command {
         Some(Command::Token(t)) => {
-            let mut claims = auth::claims_for(&t.sub, &t.servers, &t.dms, t.ttl.as_secs());
+            let mut claims = auth::Claims::new(&t.sub, &t.servers, &t.dms, t.ttl.as_secs());
             claims.iss = t.jwt_issuer;
             claims.aud = t.jwt_audience.map(auth::Audience::One);
             match auth::sign_hs256(t.jwt_secret.as_bytes(), &claims) {

@@ -2,31 +2,119 @@
 //!
 //! Each shard owns one `ShardMetrics` and is its only writer (relaxed atomics on
 //! shard-private cache lines: no contention on the fan-out path; the delivered
-//! counter moves once per event, not once per subscriber). The latency histogram is
-//! an hdrhistogram kept per shard and merged into the node's under a mutex about
-//! once a second — off the fan-out path.
+//! counter moves once per event, not once per subscriber). Labels are data: the
+//! close-code table, [`CommandKind`] and [`DropReason`] index the counters. The
+//! latency histogram is kept per shard (with its exact sum) and merged into the
+//! node's under a mutex about twice a second — off the fan-out path.
 
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::protocol::codes;
-use crate::protocol::messages::COMMAND_KINDS;
+use crate::protocol::CommandKind;
+use crate::throttle::Throttle;
 
-/// Reasons an event is dropped (the `reason` label of `xcord_events_dropped_total`).
-pub const DROP_REASONS: [&str; 7] = [
-    "bad_json",
-    "no_type",
-    "bad_channel",
-    "queue_full",
-    "publish_failed",
-    "slow_consumer",
-    "redis_down",
-];
+/// Why an event was not delivered (the `reason` label of `xcord_events_dropped_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The bus body is not a JSON object.
+    BadJson,
+    /// The body has no string `type`.
+    NoType,
+    /// The channel is not a valid name (or not under the root it came on, §9).
+    BadChannel,
+    /// A shard inbox was full.
+    QueueFull,
+    /// A publish (admin, presence, typing) the bus could not take.
+    PublishFailed,
+    /// A subscriber closed 4010 (its unwritten frames are discarded).
+    SlowConsumer,
+    /// Redis was down.
+    RedisDown,
+    /// The event's frame would not fit any send queue (SPEC §5).
+    TooLarge,
+}
 
-pub fn drop_index(reason: &str) -> usize {
-    DROP_REASONS.iter().position(|r| *r == reason).unwrap_or(0)
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::BadJson,
+        DropReason::NoType,
+        DropReason::BadChannel,
+        DropReason::QueueFull,
+        DropReason::PublishFailed,
+        DropReason::SlowConsumer,
+        DropReason::RedisDown,
+        DropReason::TooLarge,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::BadJson => "bad_json",
+            DropReason::NoType => "no_type",
+            DropReason::BadChannel => "bad_channel",
+            DropReason::QueueFull => "queue_full",
+            DropReason::PublishFailed => "publish_failed",
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::RedisDown => "redis_down",
+            DropReason::TooLarge => "too_large",
+        }
+    }
+
+    /// Drops an operator must hear about (logged, at most once a minute).
+    fn alarming(self) -> bool {
+        matches!(
+            self,
+            DropReason::QueueFull | DropReason::PublishFailed | DropReason::RedisDown
+        )
+    }
+}
+
+/// Delivery latency in microseconds: an HDR histogram and the exact sum.
+#[derive(Clone)]
+pub struct Latency {
+    pub hist: Histogram<u64>,
+    pub sum_micros: u64,
+}
+
+impl Latency {
+    /// 1 µs .. 100 s, 3 significant digits.
+    pub fn new() -> Latency {
+        // Bounds are constants that hdrhistogram accepts.
+        let hist = Histogram::new_with_bounds(1, 100_000_000, 3)
+            .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+        Latency {
+            hist,
+            sum_micros: 0,
+        }
+    }
+
+    /// Record one delivery that took `d`.
+    #[inline]
+    pub fn record(&mut self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self.hist.record(us);
+        self.sum_micros = self.sum_micros.saturating_add(us);
+    }
+
+    /// Move everything recorded here into `into`.
+    pub fn drain_into(&mut self, into: &mut Latency) {
+        if self.hist.is_empty() {
+            return;
+        }
+        let _ = into.hist.add(&self.hist);
+        into.sum_micros = into.sum_micros.saturating_add(self.sum_micros);
+        self.hist.reset();
+        self.sum_micros = 0;
+    }
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[derive(Default)]
@@ -35,8 +123,8 @@ pub struct ShardMetrics {
     pub connections: AtomicI64,
     pub subscriptions: AtomicI64,
     pub accepted: AtomicU64,
-    pub closed: [AtomicU64; codes::TRACKED.len() + 1],
-    pub commands: [AtomicU64; COMMAND_KINDS.len()],
+    pub closed: [AtomicU64; codes::TABLE.len() + 1],
+    pub commands: [AtomicU64; CommandKind::ALL.len()],
     pub delivered: AtomicU64,
     pub dropped_slow: AtomicU64,
     pub rejected_http: AtomicU64,
@@ -46,42 +134,36 @@ pub struct ShardMetrics {
 
 impl ShardMetrics {
     pub fn closed(&self, code: u16) {
-        self.closed[codes::tracked_index(code)].fetch_add(1, Relaxed);
+        self.closed[codes::index(code)].fetch_add(1, Relaxed);
     }
-    pub fn command(&self, kind: &str) {
-        let i = COMMAND_KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(COMMAND_KINDS.len() - 1);
-        self.commands[i].fetch_add(1, Relaxed);
+    pub fn command(&self, kind: CommandKind) {
+        self.commands[kind as usize].fetch_add(1, Relaxed);
     }
 }
 
 #[derive(Default)]
 pub struct BusMetrics {
-    /// Unix seconds of the last "events dropped" log line (one a minute at most).
-    last_drop_log: AtomicU64,
     pub received: AtomicU64,
-    pub dropped: [AtomicU64; DROP_REASONS.len()],
+    pub dropped: [AtomicU64; DropReason::ALL.len()],
     pub redis_up: AtomicBool,
     pub reconnects: AtomicU64,
+    /// Roots the node holds on Redis (SPEC §9).
+    pub subscriptions: AtomicI64,
+    /// Roots subscribed again after a slot moved or a master failed over (SPEC §9).
+    pub resubscribes: AtomicU64,
 }
 
+static DROP_LOG: Throttle = Throttle::new(Duration::from_secs(60));
+
 impl BusMetrics {
-    /// Count a dropped event; log it, rate-limited to one line a minute.
-    pub fn dropped(&self, reason: &str) {
-        self.dropped[drop_index(reason)].fetch_add(1, Relaxed);
-        if matches!(reason, "queue_full" | "publish_failed" | "redis_down") {
-            let now = crate::auth::now_secs();
-            let last = self.last_drop_log.load(Relaxed);
-            if now >= last + 60
-                && self
-                    .last_drop_log
-                    .compare_exchange(last, now, Relaxed, Relaxed)
-                    .is_ok()
-            {
-                tracing::warn!(reason, "events are being dropped (see xcord_events_dropped_total); logged once a minute");
-            }
+    /// Count a dropped event; an alarming drop is logged, once a minute at most.
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped[reason as usize].fetch_add(1, Relaxed);
+        if reason.alarming() && DROP_LOG.ready() {
+            tracing::warn!(
+                reason = reason.label(),
+                "events are being dropped (see xcord_events_dropped_total); logged once a minute"
+            );
         }
     }
 }
@@ -89,15 +171,14 @@ impl BusMetrics {
 pub struct Metrics {
     pub shards: Vec<ShardMetrics>,
     pub bus: BusMetrics,
-    /// Bus receive → socket write, microseconds.
-    pub latency: Mutex<Histogram<u64>>,
+    /// Bus receive → socket write.
+    pub latency: Mutex<Latency>,
 }
 
-/// A histogram for delivery latency in microseconds (1 µs .. 100 s, 3 digits).
-pub fn latency_histogram() -> Histogram<u64> {
-    // Bounds are constants that hdrhistogram accepts.
-    Histogram::new_with_bounds(1, 100_000_000, 3)
-        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+/// What the node knows that the counters do not (rendered with them).
+pub struct NodeState {
+    pub ready: bool,
+    pub max_connections: usize,
 }
 
 const BUCKETS_SECONDS: [f64; 15] = [
@@ -105,12 +186,25 @@ const BUCKETS_SECONDS: [f64; 15] = [
     10.0,
 ];
 
+/// The process's resident memory, from `/proc/self/statm`.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).unwrap_or(4096)))
+}
+
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 impl Metrics {
     pub fn new(shards: usize) -> Metrics {
         Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             bus: BusMetrics::default(),
-            latency: Mutex::new(latency_histogram()),
+            latency: Mutex::new(Latency::new()),
         }
     }
 
@@ -121,106 +215,183 @@ impl Metrics {
             .sum()
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut o = String::with_capacity(8192);
-        let sum = |f: &dyn Fn(&ShardMetrics) -> u64| -> u64 { self.shards.iter().map(f).sum() };
+    fn sum(&self, f: impl Fn(&ShardMetrics) -> u64) -> u64 {
+        self.shards.iter().map(f).sum()
+    }
 
-        o.push_str(
-            "# HELP xcord_connections Open client connections.\n# TYPE xcord_connections gauge\n",
+    /// Prometheus text exposition.
+    pub fn render(&self, node: &NodeState) -> String {
+        let mut o = String::with_capacity(8192);
+        self.render_shards(&mut o);
+        self.render_events(&mut o);
+        self.render_bus(&mut o);
+        self.render_latency(&mut o);
+        render_node(&mut o, node);
+        o
+    }
+
+    fn render_shards(&self, o: &mut String) {
+        let per_shard =
+            |o: &mut String, name: &str, help: &str, f: &dyn Fn(&ShardMetrics) -> i64| {
+                header(o, name, "gauge", help);
+                for (i, s) in self.shards.iter().enumerate() {
+                    let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", f(s));
+                }
+            };
+        per_shard(o, "xcord_connections", "Open client connections.", &|s| {
+            s.connections.load(Relaxed)
+        });
+        per_shard(
+            o,
+            "xcord_subscriptions",
+            "Subscriptions held (automatic user tree included).",
+            &|s| s.subscriptions.load(Relaxed),
         );
-        for (i, s) in self.shards.iter().enumerate() {
+        let total = |o: &mut String, name: &str, help: &str, v: u64| {
+            header(o, name, "counter", help);
+            let _ = writeln!(o, "{name} {v}");
+        };
+        total(
+            o,
+            "xcord_connections_accepted_total",
+            "WebSocket upgrades accepted.",
+            self.sum(|s| s.accepted.load(Relaxed)),
+        );
+        total(
+            o,
+            "xcord_http_rejected_total",
+            "Upgrade requests refused (404/401/429/503).",
+            self.sum(|s| s.rejected_http.load(Relaxed)),
+        );
+        total(
+            o,
+            "xcord_handshakes_shed_total",
+            "Pending handshakes dropped to make room for new ones.",
+            self.sum(|s| s.handshakes_shed.load(Relaxed)),
+        );
+        header(
+            o,
+            "xcord_connections_closed_total",
+            "counter",
+            "Connections closed, by close code.",
+        );
+        for (i, c) in codes::TABLE.iter().enumerate() {
             let _ = writeln!(
                 o,
-                "xcord_connections{{shard=\"{i}\"}} {}",
-                s.connections.load(Relaxed)
-            );
-        }
-        o.push_str("# HELP xcord_subscriptions Subscriptions held (automatic user tree included).\n# TYPE xcord_subscriptions gauge\n");
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "xcord_subscriptions{{shard=\"{i}\"}} {}",
-                s.subscriptions.load(Relaxed)
-            );
-        }
-        o.push_str("# HELP xcord_connections_accepted_total WebSocket upgrades accepted.\n# TYPE xcord_connections_accepted_total counter\n");
-        let _ = writeln!(
-            o,
-            "xcord_connections_accepted_total {}",
-            sum(&|s| s.accepted.load(Relaxed))
-        );
-        o.push_str("# HELP xcord_http_rejected_total Upgrade requests refused (404/401/429/503).\n# TYPE xcord_http_rejected_total counter\n");
-        let _ = writeln!(
-            o,
-            "xcord_http_rejected_total {}",
-            sum(&|s| s.rejected_http.load(Relaxed))
-        );
-        o.push_str("# HELP xcord_handshakes_shed_total Pending handshakes dropped to make room for new ones.\n# TYPE xcord_handshakes_shed_total counter\n");
-        let _ = writeln!(
-            o,
-            "xcord_handshakes_shed_total {}",
-            sum(&|s| s.handshakes_shed.load(Relaxed))
-        );
-        o.push_str("# HELP xcord_connections_closed_total Connections closed, by close code.\n# TYPE xcord_connections_closed_total counter\n");
-        for (i, code) in codes::TRACKED.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "xcord_connections_closed_total{{code=\"{code}\"}} {}",
-                sum(&|s| s.closed[i].load(Relaxed))
+                "xcord_connections_closed_total{{code=\"{}\"}} {}",
+                c.code,
+                self.sum(|s| s.closed[i].load(Relaxed))
             );
         }
         let _ = writeln!(
             o,
             "xcord_connections_closed_total{{code=\"other\"}} {}",
-            sum(&|s| s.closed[codes::TRACKED.len()].load(Relaxed))
+            self.sum(|s| s.closed[codes::TABLE.len()].load(Relaxed))
         );
-        o.push_str("# HELP xcord_commands_total Client commands, by type.\n# TYPE xcord_commands_total counter\n");
-        for (i, k) in COMMAND_KINDS.iter().enumerate() {
+        header(
+            o,
+            "xcord_commands_total",
+            "counter",
+            "Client commands, by type.",
+        );
+        for k in CommandKind::ALL {
             let _ = writeln!(
                 o,
-                "xcord_commands_total{{type=\"{k}\"}} {}",
-                sum(&|s| s.commands[i].load(Relaxed))
+                "xcord_commands_total{{type=\"{}\"}} {}",
+                k.label(),
+                self.sum(|s| s.commands[k as usize].load(Relaxed))
             );
         }
-        o.push_str("# HELP xcord_events_received_total Events received from the bus.\n# TYPE xcord_events_received_total counter\n");
+    }
+
+    fn render_events(&self, o: &mut String) {
+        header(
+            o,
+            "xcord_events_received_total",
+            "counter",
+            "Events received from the bus.",
+        );
         let _ = writeln!(
             o,
             "xcord_events_received_total {}",
             self.bus.received.load(Relaxed)
         );
-        o.push_str("# HELP xcord_events_delivered_total Event frames queued to subscriber sockets.\n# TYPE xcord_events_delivered_total counter\n");
+        header(
+            o,
+            "xcord_events_delivered_total",
+            "counter",
+            "Event frames queued to subscriber sockets.",
+        );
         let _ = writeln!(
             o,
             "xcord_events_delivered_total {}",
-            sum(&|s| s.delivered.load(Relaxed))
+            self.sum(|s| s.delivered.load(Relaxed))
         );
-        o.push_str("# HELP xcord_events_dropped_total Events not delivered, by reason.\n# TYPE xcord_events_dropped_total counter\n");
-        for (i, r) in DROP_REASONS.iter().enumerate() {
-            let mut v = self.bus.dropped[i].load(Relaxed);
-            if *r == "slow_consumer" {
-                v += sum(&|s| s.dropped_slow.load(Relaxed));
+        header(
+            o,
+            "xcord_events_dropped_total",
+            "counter",
+            "Events not delivered, by reason.",
+        );
+        for r in DropReason::ALL {
+            let mut v = self.bus.dropped[r as usize].load(Relaxed);
+            if r == DropReason::SlowConsumer {
+                v += self.sum(|s| s.dropped_slow.load(Relaxed));
             }
-            let _ = writeln!(o, "xcord_events_dropped_total{{reason=\"{r}\"}} {v}");
+            let _ = writeln!(
+                o,
+                "xcord_events_dropped_total{{reason=\"{}\"}} {v}",
+                r.label()
+            );
         }
-        o.push_str("# HELP xcord_redis_up 1 while the Redis pub/sub link is up (0 without --redis).\n# TYPE xcord_redis_up gauge\n");
-        let _ = writeln!(
-            o,
-            "xcord_redis_up {}",
-            self.bus.redis_up.load(Relaxed) as u8
-        );
-        o.push_str("# HELP xcord_redis_reconnects_total Redis pub/sub reconnections.\n# TYPE xcord_redis_reconnects_total counter\n");
-        let _ = writeln!(
-            o,
-            "xcord_redis_reconnects_total {}",
-            self.bus.reconnects.load(Relaxed)
-        );
+    }
 
-        o.push_str("# HELP xcord_delivery_latency_seconds Bus receive to socket write.\n# TYPE xcord_delivery_latency_seconds histogram\n");
-        let h = match self.latency.lock() {
-            Ok(h) => h.clone(),
+    fn render_bus(&self, o: &mut String) {
+        let b = &self.bus;
+        let lines: [(&str, &str, &str, i64); 4] = [
+            (
+                "xcord_redis_up",
+                "gauge",
+                "1 while the Redis pub/sub link is up (0 without --redis).",
+                i64::from(b.redis_up.load(Relaxed)),
+            ),
+            (
+                "xcord_redis_reconnects_total",
+                "counter",
+                "Redis pub/sub reconnections.",
+                i64::try_from(b.reconnects.load(Relaxed)).unwrap_or(i64::MAX),
+            ),
+            (
+                "xcord_bus_subscriptions",
+                "gauge",
+                "Roots the node holds on Redis (--routing roots).",
+                b.subscriptions.load(Relaxed),
+            ),
+            (
+                "xcord_bus_resubscribes_total",
+                "counter",
+                "Roots subscribed again after a slot moved or a master failed over.",
+                i64::try_from(b.resubscribes.load(Relaxed)).unwrap_or(i64::MAX),
+            ),
+        ];
+        for (name, kind, help, v) in lines {
+            header(o, name, kind, help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+    }
+
+    fn render_latency(&self, o: &mut String) {
+        header(
+            o,
+            "xcord_delivery_latency_seconds",
+            "histogram",
+            "Bus receive to socket write.",
+        );
+        let l = match self.latency.lock() {
+            Ok(l) => l.clone(),
             Err(p) => p.into_inner().clone(),
         };
+        let h = &l.hist;
         for le in BUCKETS_SECONDS {
             let micros = (le * 1e6) as u64;
             let c = if h.is_empty() {
@@ -235,15 +406,95 @@ impl Metrics {
         }
         let _ = writeln!(
             o,
-            "xcord_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {}",
+            "xcord_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {}\n\
+             xcord_delivery_latency_seconds_sum {:.6}\n\
+             xcord_delivery_latency_seconds_count {}",
+            h.len(),
+            l.sum_micros as f64 / 1e6,
             h.len()
         );
-        let _ = writeln!(
+    }
+}
+
+fn render_node(o: &mut String, node: &NodeState) {
+    header(o, "xcord_ready", "gauge", "1 while /readyz answers 200.");
+    let _ = writeln!(o, "xcord_ready {}", u8::from(node.ready));
+    header(
+        o,
+        "xcord_max_connections",
+        "gauge",
+        "The node's --max-connections.",
+    );
+    let _ = writeln!(o, "xcord_max_connections {}", node.max_connections);
+    header(
+        o,
+        "xcord_build_info",
+        "gauge",
+        "The gateway's version (always 1).",
+    );
+    let _ = writeln!(
+        o,
+        "xcord_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(rss) = resident_bytes() {
+        header(
             o,
-            "xcord_delivery_latency_seconds_sum {:.6}",
-            h.mean() * h.len() as f64 / 1e6
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
         );
-        let _ = writeln!(o, "xcord_delivery_latency_seconds_count {}", h.len());
-        o
+        let _ = writeln!(o, "process_resident_memory_bytes {rss}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latency_sum_is_exact() {
+        let mut a = Latency::new();
+        a.record(Duration::from_micros(1234));
+        a.record(Duration::from_micros(1));
+        let mut node = Latency::new();
+        a.drain_into(&mut node);
+        assert_eq!(node.sum_micros, 1235);
+        assert_eq!(node.hist.len(), 2);
+        assert!(a.hist.is_empty() && a.sum_micros == 0);
+        let m = Metrics::new(1);
+        *m.latency.lock().unwrap() = node;
+        let text = m.render(&NodeState {
+            ready: true,
+            max_connections: 7,
+        });
+        assert!(
+            text.contains("xcord_delivery_latency_seconds_sum 0.001235\n"),
+            "{text}"
+        );
+        assert!(text.contains("xcord_ready 1\n"));
+        assert!(text.contains("xcord_max_connections 7\n"));
+        assert!(text.contains("xcord_build_info{version=\""));
+    }
+
+    #[test]
+    fn every_label_is_rendered_once() {
+        let m = Metrics::new(2);
+        m.shards[1].command(CommandKind::Ping);
+        m.shards[0].closed(4010);
+        m.shards[0].closed(3999);
+        m.bus.dropped(DropReason::TooLarge);
+        let t = m.render(&NodeState {
+            ready: false,
+            max_connections: 1,
+        });
+        assert!(t.contains("xcord_commands_total{type=\"PING\"} 1\n"));
+        assert!(t.contains("xcord_connections_closed_total{code=\"4010\"} 1\n"));
+        assert!(t.contains("xcord_connections_closed_total{code=\"other\"} 1\n"));
+        assert!(t.contains("xcord_events_dropped_total{reason=\"too_large\"} 1\n"));
+        assert!(t.contains("xcord_connections{shard=\"1\"} 0\n"));
+        for r in DropReason::ALL {
+            assert_eq!(t.matches(&format!("reason=\"{}\"", r.label())).count(), 1);
+        }
     }
 }

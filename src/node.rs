@@ -1,108 +1,28 @@
-//! A node: binds the listeners, starts the bus, the shards and the admin listener,
-//! then waits for SIGTERM/SIGINT and drains (SPEC §2 `--drain-seconds`).
+//! A node: binds the listeners, starts the bus, presence, the shards and the admin
+//! listener, then waits for SIGTERM/SIGINT and drains (SPEC §2 `--drain-seconds`).
 //!
 //! The client listeners are created here, one SO_REUSEPORT socket per shard on the
 //! same address (port 0 resolved by the first bind, then shared), so a bad address
-//! fails at start with one clear line, before any thread is running.
+//! fails at start with one clear line, before any thread is running. This is the
+//! only module that knows every other: each part is given exactly what it uses.
 
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info};
 
+use crate::admin::{self, Admin};
+use crate::admission::Admission;
 use crate::auth::Verifier;
-use crate::bus::Bus;
+use crate::bus::{Bus, Ctl, Inbox, ResumeLimits};
 use crate::config::Config;
+use crate::limits::{INBOX_EVENTS, IO_MEMORY, LISTEN_BACKLOG, RING_DEPTH};
 use crate::metrics::Metrics;
-use crate::shard::inbox::{Ctl, Inbox};
-
-/// What every thread of the node can see. Everything here is immutable or atomic.
-pub struct Shared {
-    pub cfg: Config,
-    pub verifier: Verifier,
-    pub metrics: Arc<Metrics>,
-    pub bus: Arc<Bus>,
-    pub presence: Arc<crate::presence::Presence>,
-    /// This process's id in the presence keys (`xcord:node:{id}`).
-    pub node_id: String,
-    /// Open client connections on the node (for `--max-connections`).
-    pub connections: AtomicUsize,
-    pub draining: AtomicBool,
-    /// `--max-connections-per-ip` bookkeeping.
-    pub per_ip: PerIp,
-}
-
-/// Connections per client address (SPEC §8). Touched at connection set-up and
-/// teardown only — never on the fan-out path — so a mutex is fine here.
-pub struct PerIp {
-    limit: usize,
-    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-impl PerIp {
-    pub fn new(limit: usize) -> PerIp {
-        PerIp {
-            limit,
-            counts: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// Count a connection from `ip`; false when the limit is reached (0 = off).
-    pub fn acquire(&self, ip: std::net::IpAddr) -> bool {
-        if self.limit == 0 {
-            return true;
-        }
-        let mut m = match self.counts.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        let c = m.entry(ip).or_insert(0);
-        if *c >= self.limit {
-            return false;
-        }
-        *c += 1;
-        true
-    }
-
-    pub fn release(&self, ip: std::net::IpAddr) {
-        if self.limit == 0 {
-            return;
-        }
-        let mut m = match self.counts.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(c) = m.get_mut(&ip) {
-            *c -= 1;
-            if *c == 0 {
-                m.remove(&ip);
-            }
-        }
-    }
-}
-
-impl Shared {
-    /// Tell presence a session is over (used when a resumed session is abandoned).
-    pub fn presence_end(&self, user: &str) -> bool {
-        self.presence.end(user)
-    }
-}
-
-/// io_uring depth per ring. Every idle connection keeps a poll request in the
-/// ring, and glommio cancels its preemption timers on every reactor turn; the
-/// kernel finds a request to cancel by walking a hash table whose size follows
-/// the ring's completion queue (2^(log2(cq) - 5) buckets, at most 256). At the
-/// default depth of 128 that is 8 buckets for 10k polls, and the walk was a
-/// quarter of the shard's CPU (perf, loadtest/RESULTS.md). 4096 gives 256 buckets.
-const RING_DEPTH: usize = 4096;
-
-/// The I/O memory glommio registers per executor. We do no file I/O, and the
-/// process may lock only 8 MiB here; the default 10 MiB fails to register.
-const IO_MEMORY: usize = 256 * 1024;
+use crate::presence::{self, Presence};
+use crate::shard;
 
 fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
     let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -110,99 +30,38 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<Socket> {
     sk.set_reuse_address(true)?;
     sk.set_nonblocking(true)?;
     sk.bind(&addr.into())?;
-    sk.listen(4096)?;
+    sk.listen(LISTEN_BACKLOG)?;
     Ok(sk)
 }
 
-pub fn build_verifier(cfg: &Config) -> Result<Verifier, String> {
-    let a = &cfg.args;
-    match (&a.jwt_secret, &a.jwt_public_key) {
-        (Some(s), _) => Ok(Verifier::hs256(
-            s.as_bytes(),
-            a.jwt_issuer.as_deref(),
-            a.jwt_audience.as_deref(),
-            a.jwt_leeway_seconds,
-        )),
-        (None, Some(path)) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read --jwt-public-key {}: {e}", path.display()))?;
-            Verifier::from_pem(
-                &pem,
-                a.jwt_issuer.as_deref(),
-                a.jwt_audience.as_deref(),
-                a.jwt_leeway_seconds,
-            )
-        }
-        (None, None) => Err("one of --jwt-secret or --jwt-public-key is required".into()),
-    }
-}
-
-/// Run the node until a signal has drained it. Returns the process exit code.
-pub fn run(cfg: Config) -> Result<(), String> {
-    let verifier = build_verifier(&cfg)?;
-    let n = cfg.shards;
-
-    let first = bind_listener(cfg.args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.args.listen))?;
+/// One listener per shard on the same address; returns them and the bound address.
+fn bind_listeners(cfg: &Config) -> Result<(Vec<Socket>, SocketAddr), String> {
+    let first =
+        bind_listener(cfg.listen).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let bound = first
         .local_addr()
         .ok()
         .and_then(|a| a.as_socket())
         .ok_or("cannot read the listener's address")?;
     let mut listeners = vec![first];
-    for _ in 1..n {
+    for _ in 1..cfg.shards {
         listeners.push(bind_listener(bound).map_err(|e| format!("cannot listen on {bound}: {e}"))?);
     }
+    Ok((listeners, bound))
+}
 
-    let metrics = Arc::new(Metrics::new(n));
-    let inboxes: Vec<Arc<Inbox>> = (0..n).map(|_| Arc::new(Inbox::new(65_536))).collect();
-    let (presence_tx, presence_rx) = crate::presence::channel();
-    let limits = crate::bus::ResumeLimits {
-        ring_bytes: if cfg.args.resume_window_seconds == 0 {
-            0
-        } else {
-            cfg.args.replay_buffer_bytes.saturating_mul(n)
-        },
-        max_replay_bytes: cfg.args.send_queue_bytes,
-    };
-    let bus = Bus::start(
-        cfg.args.redis.as_deref(),
-        inboxes.clone(),
-        metrics.clone(),
-        limits,
-        presence_tx.clone(),
-    )?;
-    let node_id = format!("{:x}-{:08x}", std::process::id(), fastrand::u32(..));
-    let presence = crate::presence::start(
-        crate::presence::Settings {
-            redis_url: cfg.args.redis.clone(),
-            ttl: Duration::from_secs(cfg.args.presence_ttl_seconds),
-            sweep: Duration::from_secs(cfg.args.presence_sweep_seconds),
-            node_id: node_id.clone(),
-        },
-        presence_tx,
-        presence_rx,
-        bus.clone(),
-        metrics.clone(),
-    )?;
-    let shared = Arc::new(Shared {
-        cfg: cfg.clone(),
-        verifier,
-        metrics,
-        bus,
-        presence,
-        node_id,
-        connections: AtomicUsize::new(0),
-        draining: AtomicBool::new(false),
-        per_ip: PerIp::new(cfg.args.max_connections_per_ip),
-    });
-    crate::admin::start(cfg.args.admin_listen, shared.clone())?;
-
+/// Start one pinned executor per listener.
+fn start_shards(
+    cfg: &Config,
+    listeners: Vec<Socket>,
+    ctx: &Arc<shard::Context>,
+    inboxes: &[Arc<Inbox>],
+) -> Result<Vec<glommio::ExecutorJoinHandle<()>>, String> {
     let mut handles = Vec::new();
     for (i, sk) in listeners.into_iter().enumerate() {
         let cpu = cfg.cpus[i % cfg.cpus.len()];
         let fd = sk.into_raw_fd();
-        let shared = shared.clone();
+        let ctx = ctx.clone();
         let inbox = inboxes[i].clone();
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("xcord-shard-{i}"))
@@ -211,17 +70,98 @@ pub fn run(cfg: Config) -> Result<(), String> {
             .spawn(move || async move {
                 // SAFETY: `fd` is a listening socket this thread now owns alone.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                crate::shard::run(i, shared, inbox, listener).await;
+                shard::run(i, ctx, inbox, listener).await;
             })
             .map_err(|e| format!("cannot start shard {i} on CPU {cpu}: {e}"))?;
         handles.push(h);
     }
+    Ok(handles)
+}
+
+/// Run the node until a signal has drained it.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let verifier = Verifier::from_config(&cfg.jwt)?;
+    let n = cfg.shards;
+    let (listeners, bound) = bind_listeners(&cfg)?;
+
+    let metrics = Arc::new(Metrics::new(n));
+    let inboxes: Vec<Arc<Inbox>> = (0..n).map(|_| Arc::new(Inbox::new(INBOX_EVENTS))).collect();
+    let (presence, presence_rx) = Presence::new(metrics.clone());
+    let limits = ResumeLimits {
+        ring_bytes: if cfg.resume_window.is_zero() {
+            0
+        } else {
+            cfg.replay_buffer_bytes.saturating_mul(n)
+        },
+        max_replay_bytes: cfg.send_queue_bytes,
+    };
+    let ender = presence.clone();
+    let bus = Bus::start(
+        cfg.redis.as_deref(),
+        inboxes.clone(),
+        metrics.clone(),
+        limits,
+        Box::new(move |user| {
+            ender.ended(user);
+        }),
+    )?;
+    // This process's id in the presence keys (`xcord:node:{id}`).
+    let node_id = format!("{:x}-{:08x}", std::process::id(), fastrand::u32(..));
+    presence::start(
+        presence::Settings {
+            redis_url: cfg.redis.clone(),
+            ttl: cfg.presence_ttl,
+            sweep: cfg.presence_sweep,
+            node_id,
+        },
+        presence_rx,
+        bus.clone(),
+    )?;
+    let admission = Arc::new(Admission::new(
+        cfg.max_connections,
+        cfg.max_connections_per_ip,
+    ));
+    admin::start(
+        cfg.admin_listen,
+        Admin {
+            metrics: metrics.clone(),
+            bus: bus.clone(),
+            admission: admission.clone(),
+            admin_token: cfg.admin_token.clone(),
+        },
+    )?;
+    let ctx = Arc::new(shard::Context {
+        cfg: cfg.clone(),
+        verifier,
+        metrics,
+        bus,
+        presence,
+        admission: admission.clone(),
+    });
+    let handles = start_shards(&cfg, listeners, &ctx, &inboxes)?;
     info!(
         shards = n,
-        redis = cfg.args.redis.is_some(),
+        redis = cfg.redis.is_some(),
         "listening on {bound}"
     );
 
+    wait_for_signal(&cfg)?;
+    admission.start_draining();
+    for inbox in &inboxes {
+        inbox.push_ctl(Ctl::Drain);
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        if h.join().is_err() {
+            error!(shard = i, "shard ended abnormally");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    info!("drained");
+    Ok(())
+}
+
+/// Block until SIGTERM or SIGINT; a second signal afterwards ends the process at once.
+fn wait_for_signal(cfg: &Config) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -230,26 +170,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if let Some(sig) = signals.forever().next() {
         info!(
             signal = sig,
-            drain_seconds = cfg.args.drain_seconds,
+            drain_seconds = cfg.drain.as_secs(),
             "draining: closing clients with 4011"
         );
     }
-    shared.draining.store(true, Relaxed);
-    for inbox in &inboxes {
-        inbox.push_ctl(Ctl::Drain);
-    }
-    // A second signal ends at once.
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             std::process::exit(1);
         }
     });
-    for (i, h) in handles.into_iter().enumerate() {
-        if h.join().is_err() {
-            error!(shard = i, "shard ended abnormally");
-        }
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    info!("drained");
     Ok(())
 }

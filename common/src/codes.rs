@@ -62,26 +62,104 @@ pub struct Close {
 /// Every close code the gateway sends or records. Its order is the order of the
 /// per-code counters; anything else is counted as `other`.
 pub const TABLE: [Close; 15] = [
-    Close { code: NORMAL, reason: "", meaning: "normal close (by the client)", reconnect: Reconnect::Never },
-    Close { code: GOING_AWAY, reason: "", meaning: "the peer is going away", reconnect: Reconnect::Backoff },
-    Close { code: PROTOCOL_ERROR, reason: "protocol error", meaning: "a WebSocket protocol violation", reconnect: Reconnect::Never },
-    Close { code: NO_STATUS, reason: "", meaning: "a close frame without a code", reconnect: Reconnect::Backoff },
-    Close { code: ABNORMAL, reason: "", meaning: "the connection dropped without a close frame", reconnect: Reconnect::Backoff },
-    Close { code: INVALID_PAYLOAD, reason: "", meaning: "the peer received invalid data", reconnect: Reconnect::Backoff },
-    Close { code: TOO_BIG, reason: "frame too big", meaning: "a client message over --max-message-size", reconnect: Reconnect::Never },
-    Close { code: NOT_JSON, reason: "not JSON", meaning: "not JSON, a binary frame, or invalid UTF-8", reconnect: Reconnect::Never },
-    Close { code: NOT_AUTHENTICATED, reason: "not authenticated", meaning: "a command before HELLO", reconnect: Reconnect::Never },
-    Close { code: AUTH_FAILED, reason: "authentication failed", meaning: "bad, expired or not-yet-valid token", reconnect: Reconnect::NewToken },
-    Close { code: ALREADY_AUTHENTICATED, reason: "already authenticated", meaning: "a second HELLO", reconnect: Reconnect::Never },
-    Close { code: RATE_LIMITED, reason: "rate limited", meaning: "twice the command rate limit", reconnect: Reconnect::Backoff },
-    Close { code: TIMEOUT, reason: "timeout", meaning: "no HELLO in time, or no frame for 2x the heartbeat", reconnect: Reconnect::Backoff },
-    Close { code: SLOW_CONSUMER, reason: "slow consumer", meaning: "the send queue passed --send-queue-bytes", reconnect: Reconnect::Backoff },
-    Close { code: DRAINING, reason: "node draining, reconnect", meaning: "the node is shutting down", reconnect: Reconnect::AtOnce },
+    Close {
+        code: NORMAL,
+        reason: "",
+        meaning: "normal close (by the client)",
+        reconnect: Reconnect::Never,
+    },
+    Close {
+        code: GOING_AWAY,
+        reason: "",
+        meaning: "the peer is going away",
+        reconnect: Reconnect::Backoff,
+    },
+    Close {
+        code: PROTOCOL_ERROR,
+        reason: "protocol error",
+        meaning: "a WebSocket protocol violation",
+        reconnect: Reconnect::Never,
+    },
+    Close {
+        code: NO_STATUS,
+        reason: "",
+        meaning: "a close frame without a code",
+        reconnect: Reconnect::Backoff,
+    },
+    Close {
+        code: ABNORMAL,
+        reason: "",
+        meaning: "the connection dropped without a close frame",
+        reconnect: Reconnect::Backoff,
+    },
+    Close {
+        code: INVALID_PAYLOAD,
+        reason: "",
+        meaning: "the peer received invalid data",
+        reconnect: Reconnect::Backoff,
+    },
+    Close {
+        code: TOO_BIG,
+        reason: "frame too big",
+        meaning: "a client message over --max-message-size",
+        reconnect: Reconnect::Never,
+    },
+    Close {
+        code: NOT_JSON,
+        reason: "not JSON",
+        meaning: "not JSON, a binary frame, or invalid UTF-8",
+        reconnect: Reconnect::Never,
+    },
+    Close {
+        code: NOT_AUTHENTICATED,
+        reason: "not authenticated",
+        meaning: "a command before HELLO",
+        reconnect: Reconnect::Never,
+    },
+    Close {
+        code: AUTH_FAILED,
+        reason: "authentication failed",
+        meaning: "bad, expired or not-yet-valid token",
+        reconnect: Reconnect::NewToken,
+    },
+    Close {
+        code: ALREADY_AUTHENTICATED,
+        reason: "already authenticated",
+        meaning: "a second HELLO",
+        reconnect: Reconnect::Never,
+    },
+    Close {
+        code: RATE_LIMITED,
+        reason: "rate limited",
+        meaning: "twice the command rate limit",
+        reconnect: Reconnect::Backoff,
+    },
+    Close {
+        code: TIMEOUT,
+        reason: "timeout",
+        meaning: "no HELLO in time, or no frame for 2x the heartbeat",
+        reconnect: Reconnect::Backoff,
+    },
+    Close {
+        code: SLOW_CONSUMER,
+        reason: "slow consumer",
+        meaning: "the send queue passed --send-queue-bytes",
+        reconnect: Reconnect::Backoff,
+    },
+    Close {
+        code: DRAINING,
+        reason: "node draining, reconnect",
+        meaning: "the node is shutting down",
+        reconnect: Reconnect::AtOnce,
+    },
 ];
 
 /// Index of `code` in [`TABLE`], or `TABLE.len()` for "other".
 pub fn index(code: CloseCode) -> usize {
-    TABLE.iter().position(|c| c.code == code).unwrap_or(TABLE.len())
+    TABLE
+        .iter()
+        .position(|c| c.code == code)
+        .unwrap_or(TABLE.len())
 }
 
 /// The table row of `code`.

@@ -29,9 +29,7 @@ impl std::str::FromStr for Shards {
             .ok()
             .filter(|n| (1..=MAX_SHARDS).contains(n))
             .map(Shards::Count)
-            .ok_or_else(|| {
-                format!("expected a number from 1 to {MAX_SHARDS} or `auto`, got `{s}`")
-            })
+            .ok_or_else(|| format!("expected a number from 1 to {MAX_SHARDS} or `auto`, got `{s}`"))
     }
 }
 

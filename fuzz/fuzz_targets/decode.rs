@@ -18,12 +18,12 @@ mod strict_json;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use xcord_gateway::protocol::depth::{nesting_within, MAX_DEPTH};
-use xcord_gateway::protocol::messages::COMMAND_KINDS;
+use xcord_gateway::protocol::CommandKind;
 use xcord_gateway::protocol::{decode, ClientMsg, DecodeError};
 
 fn bad(kind: &'static str, message: &'static str) -> DecodeError {
     DecodeError::BadPayload {
-        kind: Some(kind),
+        kind: CommandKind::from_label(kind),
         message,
     }
 }
@@ -77,9 +77,12 @@ fn reference(v: &Value) -> Result<Ref, DecodeError> {
     let payload = obj.get("payload").filter(|p| !p.is_null());
     if let Some(p) = payload {
         if !p.is_object() {
-            return match COMMAND_KINDS.iter().copied().find(|k| *k == ty) {
-                Some(k) if k != "UNKNOWN" => Err(bad(k, "payload must be an object")),
-                _ => Err(DecodeError::UnknownType(ty.to_owned())),
+            return match CommandKind::from_label(ty) {
+                Some(k) => Err(DecodeError::BadPayload {
+                    kind: Some(k),
+                    message: "payload must be an object",
+                }),
+                None => Err(DecodeError::UnknownType(ty.to_owned())),
             };
         }
     }
@@ -176,7 +179,7 @@ fuzz_target!(|data: &[u8]| {
     let got = decode(data);
     // Neither accessor may panic.
     if let Ok(m) = &got {
-        assert!(COMMAND_KINDS.contains(&m.kind()));
+        assert!(CommandKind::ALL.contains(&m.kind()));
     }
     if let Err(e) = &got {
         let _ = e.is_handshake();

@@ -21,7 +21,8 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use xcord_gateway::auth::{now_secs, Claims, Verifier};
+use xcord_common::clock::unix_secs as now_secs;
+use xcord_gateway::auth::{Claims, Verifier};
 use xcord_gateway::protocol::{decode, ClientMsg};
 
 fn verifier() -> &'static Verifier {

@@ -14,7 +14,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use xcord_gateway::auth::{now_secs, sign_hs256, Audience, Claims, Verifier};
+use xcord_common::clock::unix_secs as now_secs;
+use xcord_gateway::auth::{sign_hs256, Audience, Claims, Verifier};
 
 fn verifier() -> &'static Verifier {
     static V: OnceLock<Verifier> = OnceLock::new();

@@ -10,6 +10,8 @@ use sonic_rs::{JsonValueTrait, LazyValue};
 use std::borrow::Cow;
 use std::time::Instant;
 
+use crate::limits::EVENT_CHANNEL_MAX;
+pub use crate::metrics::DropReason;
 use crate::protocol::frame;
 
 /// An event ready for fan-out. Shared (behind an `Arc`) by every shard that wants it.
@@ -21,24 +23,6 @@ pub struct Event {
     pub frame: Box<[u8]>,
     /// When the bus received it: the start of `xcord_delivery_latency_seconds`.
     pub received: Instant,
-}
-
-/// Why an event was dropped before fan-out (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    BadJson,
-    NoType,
-    BadChannel,
-}
-
-impl DropReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            DropReason::BadJson => "bad_json",
-            DropReason::NoType => "no_type",
-            DropReason::BadChannel => "bad_channel",
-        }
-    }
 }
 
 /// Parse a bus message body and build its frame. `channel` is the part after `events:`.
@@ -53,7 +37,7 @@ pub fn build(
     received: Instant,
 ) -> Result<Event, DropReason> {
     let channel = std::str::from_utf8(channel).map_err(|_| DropReason::BadChannel)?;
-    if channel.is_empty() || channel.len() > 1024 {
+    if channel.is_empty() || channel.len() > EVENT_CHANNEL_MAX {
         return Err(DropReason::BadChannel);
     }
     // The parser recurses without a depth limit: refuse deep nesting first.
@@ -145,13 +129,7 @@ pub fn publish_body(event: &str, payload_json: &str) -> Vec<u8> {
 
 /// The JSON text of a frame built by [`build`] (tests and tools).
 pub fn frame_text(frame: &[u8]) -> &[u8] {
-    let len7 = frame.get(1).map(|b| b & 0x7f).unwrap_or(0);
-    let start = match len7 {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    frame.get(start..).unwrap_or(&[])
+    frame::payload(frame)
 }
 
 #[cfg(test)]

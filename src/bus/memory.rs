@@ -5,6 +5,7 @@
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Router;
+use crate::limits::MEMORY_BUS_QUEUE;
 
 /// One publish on the in-process bus.
 pub struct Published {
@@ -14,7 +15,8 @@ pub struct Published {
 
 /// Start the bus thread; returns the publish queue.
 pub fn start(mut router: Router) -> Result<Sender<Published>, String> {
-    let (tx, rx): (Sender<Published>, Receiver<Published>) = crossbeam_channel::bounded(65_536);
+    let (tx, rx): (Sender<Published>, Receiver<Published>) =
+        crossbeam_channel::bounded(MEMORY_BUS_QUEUE);
     let routes = router.routes.clone();
     std::thread::Builder::new()
         .name("xcord-bus".into())

@@ -1,41 +1,40 @@
-//! The bus: where events come from, and the router that sends each one only to the
-//! shards that want it.
+//! The bus: where events come from, and what shards, presence and the admin route
+//! hold to reach it.
 //!
 //! One dedicated thread owns the bus side: with `--redis` it PSUBSCRIBEs `events:*`
-//! (`redis.rs`); without, it reads an in-process queue that the admin route and the
-//! shards publish into (`memory.rs`). Either way each event meets the same
-//! [`Router`]: parsed once, stamped with the next `seq`, encoded once (`event.rs`),
-//! and pushed — as one `Arc` — into the inbox of every shard whose subscriptions
-//! cover its channel.
-//!
-//! Routes: a shard tells the router when a name gains its first local subscriber or
-//! loses its last (`RouteOp`). The router applies every pending route change before
-//! it routes each event, so a shard may answer SUBSCRIBED as soon as it has queued
-//! the change: any event published after the client reads SUBSCRIBED reaches the
-//! router after the change was queued (SPEC §3's promise), with no round trip.
+//! (`pubsub.rs`); without, it reads an in-process queue that the admin route and
+//! the shards publish into (`memory.rs`). Either way each event meets the same
+//! [`Router`] (`router.rs`): parsed once, stamped with the next `seq`, encoded once
+//! (`event.rs`), and pushed — as one `Arc` — into the [`Inbox`] of every shard
+//! whose subscriptions cover its channel. `replay.rs` and `parked.rs` hold the
+//! resume state (SPEC §8); `commands.rs` is the Redis command thread (SISMEMBER,
+//! PUBLISH) that shards and presence use.
 
+pub mod commands;
 pub mod event;
+pub mod inbox;
 pub mod memory;
-pub mod redis;
+pub mod parked;
+pub mod pubsub;
 pub mod replay;
+pub mod router;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 
-use crate::channels::Trie;
-use crate::metrics::Metrics;
-use crate::presence::Change;
-use crate::shard::inbox::Inbox;
+use crate::limits::REDIS_ANSWER_TIMEOUT;
+use crate::metrics::{DropReason, Metrics};
 
 pub use event::Event;
-pub use replay::{Detached, Floor, Grant, Resumed};
+pub use inbox::{Ctl, Inbox, Item};
+pub use parked::{Detached, Grant, Resumed};
+pub use replay::Floor;
+pub use router::Router;
 
-/// The router-trie value for names held by detached sessions: not a shard, but
-/// events under it are still recorded in the replay ring.
-const PARKED: u8 = 63;
+/// Called on the bus thread when a parked session's resume window ends unresumed.
+pub type SessionEnded = Box<dyn FnMut(&str) + Send>;
 
 /// A change to the router's table, or a resume request.
 #[derive(Debug)]
@@ -71,183 +70,6 @@ pub struct ResumeLimits {
     pub max_replay_bytes: usize,
 }
 
-/// The router: a channel-prefix trie from names to shard ids, the `seq` counter,
-/// and the resume state.
-pub struct Router {
-    trie: Trie<u8>,
-    inboxes: Vec<Arc<Inbox>>,
-    routes: Receiver<RouteOp>,
-    seq: u64,
-    /// `seq` as shards see it: the last one stamped (a subscription's floor).
-    stamped: Arc<AtomicU64>,
-    metrics: Arc<Metrics>,
-    ring: replay::Ring,
-    parked: replay::Parked,
-    limits: ResumeLimits,
-    presence: Sender<Change>,
-}
-
-impl Router {
-    pub fn new(
-        inboxes: Vec<Arc<Inbox>>,
-        routes: Receiver<RouteOp>,
-        metrics: Arc<Metrics>,
-        limits: ResumeLimits,
-        presence: Sender<Change>,
-        stamped: Arc<AtomicU64>,
-    ) -> Router {
-        Router {
-            trie: Trie::new(),
-            inboxes,
-            routes,
-            seq: 0,
-            stamped,
-            metrics,
-            ring: replay::Ring::new(limits.ring_bytes),
-            parked: replay::Parked::default(),
-            limits,
-            presence,
-        }
-    }
-
-    /// Apply every queued route change, and end sessions whose window passed.
-    pub fn apply_routes(&mut self) {
-        while let Ok(op) = self.routes.try_recv() {
-            self.apply(op);
-        }
-        self.expire(Instant::now());
-    }
-
-    pub fn apply(&mut self, op: RouteOp) {
-        match op {
-            RouteOp::Add { shard, name } => {
-                self.trie.insert(&name, shard);
-            }
-            RouteOp::Remove { shard, name } => {
-                self.trie.remove(&name, shard);
-            }
-            RouteOp::Park(d) => {
-                for n in self.parked.park(*d) {
-                    self.trie.insert(&n, PARKED);
-                }
-            }
-            RouteOp::Resume {
-                session_id,
-                user,
-                seq,
-                shard,
-                conn_key,
-                conn_id,
-            } => {
-                let outcome = self.resume(&session_id, &user, seq, shard);
-                if let Some(inbox) = self.inboxes.get(shard as usize) {
-                    inbox.push_grant(Box::new(Grant {
-                        conn_key,
-                        conn_id,
-                        outcome,
-                    }));
-                }
-            }
-        }
-    }
-
-    fn resume(&mut self, session_id: &str, user: &str, seq: u64, shard: u8) -> Option<Resumed> {
-        let d = self.parked.sessions.get(session_id)?;
-        // Nothing at or below every name's floor can be wanted: a resume from an
-        // older `seq` needs the ring to reach back only that far.
-        let from = d
-            .floors()
-            .map(|(_, f)| f.local())
-            .min()
-            .unwrap_or(0)
-            .max(seq);
-        if d.claims.sub != user
-            || d.expires <= Instant::now()
-            || seq > self.seq
-            || self.ring.evicted_max_seq > from
-        {
-            return None;
-        }
-        // An event is replayed if some name covering its channel was held before it
-        // (its floor admits it): what the session would have received.
-        let mut names: Trie<Floor> = Trie::new();
-        for (n, floor) in d.floors() {
-            names.insert(n, floor);
-        }
-        let replay = self.ring.after(from, |e, mask| {
-            let mut held = false;
-            names.for_each_covering(&e.channel, |f| held |= f.admits(e.seq, mask));
-            held
-        });
-        let bytes: usize = replay.iter().map(|e| e.frame.len()).sum();
-        if bytes > self.limits.max_replay_bytes {
-            return None;
-        }
-        let d = self.parked.sessions.remove(session_id)?;
-        // The new shard's routes go in before the next event is routed: the seam.
-        for n in d.names() {
-            self.trie.insert(n, shard);
-        }
-        for n in self.parked.release(&d) {
-            self.trie.remove(&n, PARKED);
-        }
-        Some(Resumed {
-            session: d,
-            replay,
-            s0: self.seq,
-        })
-    }
-
-    fn expire(&mut self, now: Instant) {
-        for d in self.parked.expired(now) {
-            for n in self.parked.release(&d) {
-                self.trie.remove(&n, PARKED);
-            }
-            // The session is over: now the user may go offline.
-            let _ = self.presence.try_send(Change::End {
-                user: d.claims.sub.clone(),
-            });
-        }
-    }
-
-    /// Route one bus message: `channel` without the `events:` prefix, `body` as published.
-    pub fn route(&mut self, channel: &[u8], body: &[u8]) {
-        let received = Instant::now();
-        self.apply_routes();
-        self.metrics.bus.received.fetch_add(1, Relaxed);
-        self.seq += 1;
-        let ev = match event::build(channel, body, self.seq, received) {
-            Ok(e) => e,
-            Err(reason) => {
-                self.seq -= 1;
-                self.metrics.bus.dropped(reason.label());
-                return;
-            }
-        };
-        self.stamped.store(self.seq, Relaxed);
-        let mut mask: u64 = 0;
-        self.trie
-            .for_each_covering(&ev.channel, |shard| mask |= 1u64 << shard);
-        if mask == 0 {
-            return;
-        }
-        let ev = Arc::new(ev);
-        if self.limits.ring_bytes > 0 {
-            self.ring.push(ev.clone(), mask);
-        }
-        mask &= !(1u64 << PARKED);
-        while mask != 0 {
-            let shard = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            if let Some(inbox) = self.inboxes.get(shard) {
-                if !inbox.push_event(ev.clone()) {
-                    self.metrics.bus.dropped("queue_full");
-                }
-            }
-        }
-    }
-}
-
 /// `PUBLISH events:{channel} body`, as a backend does.
 fn publish_pipe(channel: &str, body: Vec<u8>) -> ::redis::Pipeline {
     let mut pipe = ::redis::pipe();
@@ -268,7 +90,7 @@ pub struct Bus {
 
 enum BusKind {
     Memory(Sender<memory::Published>),
-    Redis(redis::Commands),
+    Redis(commands::Commands),
 }
 
 impl Bus {
@@ -278,7 +100,7 @@ impl Bus {
         inboxes: Vec<Arc<Inbox>>,
         metrics: Arc<Metrics>,
         limits: ResumeLimits,
-        presence: Sender<Change>,
+        session_ended: SessionEnded,
     ) -> Result<Arc<Bus>, String> {
         let (routes_tx, routes_rx) = crossbeam_channel::unbounded();
         let stamped = Arc::new(AtomicU64::new(0));
@@ -287,12 +109,17 @@ impl Bus {
             routes_rx,
             metrics.clone(),
             limits,
-            presence,
+            session_ended,
             stamped.clone(),
         );
         let kind = match redis_url {
             None => BusKind::Memory(memory::start(router)?),
-            Some(url) => BusKind::Redis(redis::start(url, router, metrics.clone())?),
+            Some(url) => {
+                let client =
+                    ::redis::Client::open(url).map_err(|e| format!("bad --redis URL: {e}"))?;
+                pubsub::start(client.clone(), router, metrics.clone())?;
+                BusKind::Redis(commands::start(client)?)
+            }
         };
         Ok(Arc::new(Bus {
             routes: routes_tx,
@@ -327,7 +154,7 @@ impl Bus {
     }
 
     /// The Redis command link, when running with `--redis`.
-    pub fn redis(&self) -> Option<&redis::Commands> {
+    pub fn redis(&self) -> Option<&commands::Commands> {
         match &self.kind {
             BusKind::Redis(c) => Some(c),
             BusKind::Memory(_) => None,
@@ -355,7 +182,7 @@ impl Bus {
                     })
                     .is_err()
                 {
-                    self.metrics.bus.dropped("publish_failed");
+                    self.metrics.bus.dropped(DropReason::PublishFailed);
                 }
             }
             BusKind::Redis(cmds) => {
@@ -364,7 +191,7 @@ impl Bus {
                     publish_pipe(channel, body),
                     Box::new(move |r| {
                         if r.is_err() {
-                            m.bus.dropped("publish_failed");
+                            m.bus.dropped(DropReason::PublishFailed);
                         }
                     }),
                 );
@@ -389,14 +216,11 @@ impl Bus {
                 })
                 .map_err(|_| "the in-process bus is full".to_owned()),
             BusKind::Redis(cmds) => cmds
-                .query_blocking(
-                    publish_pipe(channel, body),
-                    std::time::Duration::from_secs(3),
-                )
+                .query_blocking(publish_pipe(channel, body), REDIS_ANSWER_TIMEOUT)
                 .map(|_| ()),
         };
         if r.is_err() {
-            self.metrics.bus.dropped("publish_failed");
+            self.metrics.bus.dropped(DropReason::PublishFailed);
         }
         r
     }

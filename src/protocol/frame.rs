@@ -1,8 +1,10 @@
-//! Server-to-client WebSocket frames. Server frames are never masked (RFC 6455 §5.1),
-//! so one encoded frame is byte-for-byte the same for every subscriber: the fan-out
-//! path encodes an event once and copies these bytes into each socket's queue.
+//! WebSocket frame bytes (RFC 6455 §5): the server frames the gateway writes, the
+//! one place frame headers are decoded, and [`FrameTracker`], which follows client
+//! frame boundaries. Server frames are never masked (RFC 6455 §5.1), so one
+//! encoded frame is byte-for-byte the same for every subscriber: the fan-out path
+//! encodes an event once and copies these bytes into each socket's queue.
 
-use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 fn header(opcode: OpCode, len: usize, out: &mut Vec<u8>) {
@@ -36,13 +38,34 @@ pub fn text_frame(payload: &[u8]) -> Vec<u8> {
 pub fn close_frame_into(code: u16, reason: &str, out: &mut Vec<u8>) {
     // A close reason is limited to 123 bytes (125 minus the code).
     let reason = &reason.as_bytes()[..reason.len().min(123)];
-    header(
-        OpCode::Control(tungstenite::protocol::frame::coding::Control::Close),
-        2 + reason.len(),
-        out,
-    );
+    header(OpCode::Control(Control::Close), 2 + reason.len(), out);
     out.extend_from_slice(&code.to_be_bytes());
     out.extend_from_slice(reason);
+}
+
+/// The header length and the payload length of the frame at the start of `buf`,
+/// once its header is complete (masked or not).
+pub fn frame_len(buf: &[u8]) -> Option<(usize, u64)> {
+    let b1 = *buf.get(1)?;
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    match b1 & 0x7f {
+        126 => {
+            let b = buf.get(2..4)?;
+            Some((4 + mask, u64::from(u16::from_be_bytes([b[0], b[1]]))))
+        }
+        127 => {
+            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            Some((10 + mask, u64::from_be_bytes(b)))
+        }
+        n => Some((2 + mask, u64::from(n))),
+    }
+}
+
+/// The payload of one complete frame (tests and tools read event frames' JSON).
+pub fn payload(frame: &[u8]) -> &[u8] {
+    frame_len(frame)
+        .and_then(|(h, _)| frame.get(h..))
+        .unwrap_or(&[])
 }
 
 /// In a buffer of whole server frames starting at `start`, the end of the frame
@@ -53,26 +76,66 @@ pub fn close_frame_into(code: u16, reason: &str, out: &mut Vec<u8>) {
 pub fn cut_frame_end(buf: &[u8], start: usize, sent: usize) -> usize {
     let mut at = start;
     while at < sent {
-        let Some(h) = buf.get(at..at + 2) else {
+        let Some((hl, len)) = buf.get(at..).and_then(frame_len) else {
             return buf.len();
         };
-        let (hl, len) = match h[1] & 0x7f {
-            126 => match buf.get(at + 2..at + 4) {
-                Some(b) => (4, u16::from_be_bytes([b[0], b[1]]) as usize),
-                None => return buf.len(),
-            },
-            127 => match buf
-                .get(at + 2..at + 10)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            {
-                Some(b) => (10, u64::from_be_bytes(b) as usize),
-                None => return buf.len(),
-            },
-            n => (2, n as usize),
-        };
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
         at = at.saturating_add(hl).saturating_add(len);
     }
     at.min(buf.len()).max(sent)
+}
+
+/// Follows WebSocket frame boundaries in the bytes given to the codec (headers
+/// parsed with tungstenite's own `FrameHeader::parse`), to know when the codec
+/// holds no partial frame and no unfinished fragmented message.
+#[derive(Default)]
+pub struct FrameTracker {
+    hdr: [u8; 14],
+    hdr_len: usize,
+    payload_left: u64,
+    fragmented: bool,
+    lost: bool,
+}
+
+impl FrameTracker {
+    pub fn feed(&mut self, mut input: &[u8]) {
+        while !input.is_empty() && !self.lost {
+            if self.payload_left > 0 {
+                let n = (self.payload_left.min(input.len() as u64)) as usize;
+                self.payload_left -= n as u64;
+                input = &input[n..];
+                continue;
+            }
+            let take = (self.hdr.len() - self.hdr_len).min(input.len());
+            self.hdr[self.hdr_len..self.hdr_len + take].copy_from_slice(&input[..take]);
+            let mut cur = std::io::Cursor::new(&self.hdr[..self.hdr_len + take]);
+            match FrameHeader::parse(&mut cur) {
+                Ok(Some((h, len))) => {
+                    let used = cur.position() as usize - self.hdr_len;
+                    input = &input[used..];
+                    self.hdr_len = 0;
+                    self.payload_left = len;
+                    if matches!(h.opcode, OpCode::Data(_)) {
+                        self.fragmented = !h.is_final;
+                    }
+                }
+                Ok(None) => {
+                    self.hdr_len += take;
+                    input = &input[take..];
+                    if self.hdr_len >= self.hdr.len() {
+                        self.lost = true;
+                    }
+                }
+                Err(_) => self.lost = true,
+            }
+        }
+    }
+
+    /// Nothing partial is buffered: every byte fed belongs to a complete frame
+    /// and no fragmented message is open.
+    pub fn at_boundary(&self) -> bool {
+        !self.lost && self.hdr_len == 0 && self.payload_left == 0 && !self.fragmented
+    }
 }
 
 #[cfg(test)]
@@ -154,5 +217,70 @@ mod tests {
         close_frame_into(4010, "slow consumer", &mut v);
         assert_eq!(v[0], 0x88);
         assert_eq!(&v[2..4], &4010u16.to_be_bytes());
+    }
+
+    mod tracker {
+        use super::super::FrameTracker;
+        use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+        use tungstenite::protocol::frame::Frame;
+
+        fn client_frame(payload: &[u8], opcode: OpCode, fin: bool) -> Vec<u8> {
+            let mut f = match opcode {
+                OpCode::Control(Control::Ping) => Frame::ping(payload.to_vec()),
+                _ => Frame::message(payload.to_vec(), opcode, fin),
+            };
+            f.header_mut().mask = Some([1, 2, 3, 4]);
+            let mut out = Vec::new();
+            f.format(&mut out).unwrap();
+            out
+        }
+
+        #[test]
+        fn boundaries_across_every_split() {
+            let mut stream = client_frame(&[b'x'; 300], OpCode::Data(Data::Text), true);
+            stream.extend(client_frame(b"ping", OpCode::Control(Control::Ping), true));
+            stream.extend(client_frame(
+                &[b'y'; 70_000],
+                OpCode::Data(Data::Text),
+                true,
+            ));
+            for split in 0..=stream.len().min(400) {
+                let mut t = FrameTracker::default();
+                t.feed(&stream[..split]);
+                t.feed(&stream[split..]);
+                assert!(t.at_boundary(), "split at {split}");
+            }
+            let mut t = FrameTracker::default();
+            t.feed(&stream[..stream.len() - 1]);
+            assert!(!t.at_boundary());
+        }
+
+        #[test]
+        fn a_fragmented_message_is_not_a_boundary_until_its_last_frame() {
+            let mut t = FrameTracker::default();
+            t.feed(&client_frame(b"part1", OpCode::Data(Data::Text), false));
+            assert!(!t.at_boundary());
+            t.feed(&client_frame(b"p", OpCode::Control(Control::Ping), true));
+            assert!(
+                !t.at_boundary(),
+                "a control frame in between does not end it"
+            );
+            t.feed(&client_frame(b"part2", OpCode::Data(Data::Continue), true));
+            assert!(t.at_boundary());
+        }
+    }
+
+    #[test]
+    fn frame_len_reads_every_header_form() {
+        assert_eq!(frame_len(&text_frame(b"hi")), Some((2, 2)));
+        assert_eq!(frame_len(&text_frame(&[b'a'; 200])), Some((4, 200)));
+        assert_eq!(
+            frame_len(&text_frame(&vec![b'a'; 70_000])),
+            Some((10, 70_000))
+        );
+        assert_eq!(frame_len(&[0x81, 0x85]), Some((6, 5)), "masked");
+        assert_eq!(frame_len(&[0x81]), None);
+        assert_eq!(frame_len(&[0x81, 126, 0]), None);
+        assert_eq!(payload(&text_frame(b"{}")), b"{}");
     }
 }

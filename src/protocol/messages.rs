@@ -40,35 +40,77 @@ pub enum ClientMsg {
 }
 
 impl ClientMsg {
-    /// The label used for `xcord_commands_total{type}`.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind: the `type` it was sent with.
+    pub fn kind(&self) -> CommandKind {
         match self {
-            ClientMsg::Hello { .. } => "HELLO",
-            ClientMsg::Resume { .. } => "RESUME",
-            ClientMsg::Subscribe { .. } => "SUBSCRIBE",
-            ClientMsg::Unsubscribe { .. } => "UNSUBSCRIBE",
-            ClientMsg::Ping => "PING",
-            ClientMsg::Typing { start: true, .. } => "TYPING_START",
-            ClientMsg::Typing { start: false, .. } => "TYPING_STOP",
-            ClientMsg::SetPresence { .. } => "SET_PRESENCE",
-            ClientMsg::Refresh { .. } => "REFRESH",
+            ClientMsg::Hello { .. } => CommandKind::Hello,
+            ClientMsg::Resume { .. } => CommandKind::Resume,
+            ClientMsg::Subscribe { .. } => CommandKind::Subscribe,
+            ClientMsg::Unsubscribe { .. } => CommandKind::Unsubscribe,
+            ClientMsg::Ping => CommandKind::Ping,
+            ClientMsg::Typing { start: true, .. } => CommandKind::TypingStart,
+            ClientMsg::Typing { start: false, .. } => CommandKind::TypingStop,
+            ClientMsg::SetPresence { .. } => CommandKind::SetPresence,
+            ClientMsg::Refresh { .. } => CommandKind::Refresh,
         }
     }
 }
 
-/// Every command type, for metrics labels.
-pub const COMMAND_KINDS: [&str; 10] = [
-    "HELLO",
-    "RESUME",
-    "SUBSCRIBE",
-    "UNSUBSCRIBE",
-    "PING",
-    "TYPING_START",
-    "TYPING_STOP",
-    "SET_PRESENCE",
-    "REFRESH",
-    "UNKNOWN",
-];
+/// A command type: the `type` of a client message, and the label of
+/// `xcord_commands_total{type}` (an index into the per-shard counters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandKind {
+    Hello,
+    Resume,
+    Subscribe,
+    Unsubscribe,
+    Ping,
+    TypingStart,
+    TypingStop,
+    SetPresence,
+    Refresh,
+    /// A type the gateway does not know (or none at all).
+    Unknown,
+}
+
+impl CommandKind {
+    /// Every kind, in counter order.
+    pub const ALL: [CommandKind; 10] = [
+        CommandKind::Hello,
+        CommandKind::Resume,
+        CommandKind::Subscribe,
+        CommandKind::Unsubscribe,
+        CommandKind::Ping,
+        CommandKind::TypingStart,
+        CommandKind::TypingStop,
+        CommandKind::SetPresence,
+        CommandKind::Refresh,
+        CommandKind::Unknown,
+    ];
+
+    /// The wire `type` (and metric label).
+    pub fn label(self) -> &'static str {
+        match self {
+            CommandKind::Hello => "HELLO",
+            CommandKind::Resume => "RESUME",
+            CommandKind::Subscribe => "SUBSCRIBE",
+            CommandKind::Unsubscribe => "UNSUBSCRIBE",
+            CommandKind::Ping => "PING",
+            CommandKind::TypingStart => "TYPING_START",
+            CommandKind::TypingStop => "TYPING_STOP",
+            CommandKind::SetPresence => "SET_PRESENCE",
+            CommandKind::Refresh => "REFRESH",
+            CommandKind::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The kind of a known wire `type`.
+    pub fn from_label(ty: &str) -> Option<CommandKind> {
+        Self::ALL
+            .into_iter()
+            .find(|k| *k != CommandKind::Unknown && k.label() == ty)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum DecodeError {
@@ -76,7 +118,7 @@ pub enum DecodeError {
     NotJson,
     /// A known `type` whose payload is wrong (or no string `type` at all).
     BadPayload {
-        kind: Option<&'static str>,
+        kind: Option<CommandKind>,
         message: &'static str,
     },
     /// A string `type` the gateway does not know.
@@ -89,14 +131,14 @@ impl DecodeError {
         matches!(
             self,
             DecodeError::BadPayload {
-                kind: Some("HELLO" | "RESUME"),
+                kind: Some(CommandKind::Hello | CommandKind::Resume),
                 ..
             }
         )
     }
 }
 
-fn bad(kind: &'static str, message: &'static str) -> DecodeError {
+fn bad(kind: CommandKind, message: &'static str) -> DecodeError {
     DecodeError::BadPayload {
         kind: Some(kind),
         message,
@@ -105,7 +147,7 @@ fn bad(kind: &'static str, message: &'static str) -> DecodeError {
 
 fn channel_list(
     payload: Option<&Value>,
-    kind: &'static str,
+    kind: CommandKind,
 ) -> Result<Vec<Result<String, String>>, DecodeError> {
     let arr = payload
         .and_then(|p| p.get("channels"))
@@ -120,7 +162,7 @@ fn channel_list(
         .collect())
 }
 
-fn opt_token(payload: Option<&Value>, kind: &'static str) -> Result<Option<String>, DecodeError> {
+fn opt_token(payload: Option<&Value>, kind: CommandKind) -> Result<Option<String>, DecodeError> {
     match payload.and_then(|p| p.get("token")) {
         None => Ok(None),
         Some(t) if t.is_null() => Ok(None),
@@ -154,46 +196,47 @@ pub fn decode(text: &[u8]) -> Result<ClientMsg, DecodeError> {
     let payload = v.get("payload").filter(|p| !p.is_null());
     if let Some(p) = payload {
         if !p.is_object() {
-            let kind = COMMAND_KINDS.iter().copied().find(|k| *k == ty);
-            return match kind {
-                Some(k) if k != "UNKNOWN" => Err(bad(k, "payload must be an object")),
-                _ => Err(DecodeError::UnknownType(ty.to_owned())),
+            return match CommandKind::from_label(ty) {
+                Some(k) => Err(bad(k, "payload must be an object")),
+                None => Err(DecodeError::UnknownType(ty.to_owned())),
             };
         }
     }
     match ty {
         "HELLO" => Ok(ClientMsg::Hello {
-            token: opt_token(payload, "HELLO")?,
+            token: opt_token(payload, CommandKind::Hello)?,
         }),
         "RESUME" => {
-            let p = payload.ok_or_else(|| bad("RESUME", "payload required"))?;
+            let p = payload.ok_or_else(|| bad(CommandKind::Resume, "payload required"))?;
             let session_id = p
                 .get("sessionId")
                 .and_then(|s| s.as_str())
-                .ok_or_else(|| bad("RESUME", "payload.sessionId must be a string"))?
+                .ok_or_else(|| bad(CommandKind::Resume, "payload.sessionId must be a string"))?
                 .to_owned();
-            let seq = p
-                .get("seq")
-                .and_then(|s| s.as_u64())
-                .ok_or_else(|| bad("RESUME", "payload.seq must be a non-negative integer"))?;
+            let seq = p.get("seq").and_then(|s| s.as_u64()).ok_or_else(|| {
+                bad(
+                    CommandKind::Resume,
+                    "payload.seq must be a non-negative integer",
+                )
+            })?;
             Ok(ClientMsg::Resume {
-                token: opt_token(payload, "RESUME")?,
+                token: opt_token(payload, CommandKind::Resume)?,
                 session_id,
                 seq,
             })
         }
         "SUBSCRIBE" => Ok(ClientMsg::Subscribe {
-            channels: channel_list(payload, "SUBSCRIBE")?,
+            channels: channel_list(payload, CommandKind::Subscribe)?,
         }),
         "UNSUBSCRIBE" => Ok(ClientMsg::Unsubscribe {
-            channels: channel_list(payload, "UNSUBSCRIBE")?,
+            channels: channel_list(payload, CommandKind::Unsubscribe)?,
         }),
         "PING" => Ok(ClientMsg::Ping),
         "TYPING_START" | "TYPING_STOP" => {
             let kind = if ty == "TYPING_START" {
-                "TYPING_START"
+                CommandKind::TypingStart
             } else {
-                "TYPING_STOP"
+                CommandKind::TypingStop
             };
             let channel_id = payload
                 .and_then(|p| p.get("channelId"))
@@ -210,7 +253,12 @@ pub fn decode(text: &[u8]) -> Result<ClientMsg, DecodeError> {
                 .and_then(|p| p.get("status"))
                 .and_then(|s| s.as_str())
                 .filter(|s| matches!(*s, "online" | "idle" | "dnd"))
-                .ok_or_else(|| bad("SET_PRESENCE", "payload.status must be online, idle or dnd"))?
+                .ok_or_else(|| {
+                    bad(
+                        CommandKind::SetPresence,
+                        "payload.status must be online, idle or dnd",
+                    )
+                })?
                 .to_owned();
             Ok(ClientMsg::SetPresence { status })
         }
@@ -218,7 +266,7 @@ pub fn decode(text: &[u8]) -> Result<ClientMsg, DecodeError> {
             let token = payload
                 .and_then(|p| p.get("token"))
                 .and_then(|t| t.as_str())
-                .ok_or_else(|| bad("REFRESH", "payload.token must be a string"))?
+                .ok_or_else(|| bad(CommandKind::Refresh, "payload.token must be a string"))?
                 .to_owned();
             Ok(ClientMsg::Refresh { token })
         }

@@ -29,17 +29,15 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use tracing::warn;
 
-use super::conn::{self, Conn};
-use super::Shard;
+use super::conn::Conn;
+use super::{reader, Shard};
+use crate::admission::Refusal;
 use crate::auth::Claims;
 use crate::config::Cidr;
-
-const MAX_HEAD: usize = 8 * 1024;
-/// Pending handshakes per shard past which the oldest, if it has been waiting at
-/// least `SHED_AGE`, is shed; past 4× this the oldest goes whatever its age.
-pub const MAX_HANDSHAKES: usize = 2048;
-/// A handshake this young is a connect burst, not a slowloris: let it finish.
-const SHED_AGE: Duration = Duration::from_millis(500);
+use crate::limits::{
+    ACCEPT_BACKOFF, HEAD_TIMEOUT_MAX, MAX_HANDSHAKES, MAX_HEAD, RESPOND_TIMEOUT, SHED_AGE,
+};
+use crate::throttle::Throttle;
 
 const PROXY_V1: &[u8] = b"PROXY ";
 const PROXY_V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -108,7 +106,7 @@ impl Handshakes {
 }
 
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let mut last_warn: Option<Instant> = None;
+    let warn_log = Throttle::new(Duration::from_secs(5));
     loop {
         let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.draining.wait().await;
@@ -123,11 +121,10 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off a little instead of spinning.
-                if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                if warn_log.ready() {
                     warn!(shard = shard.id, "accept failed: {e}");
-                    last_warn = Some(Instant::now());
                 }
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
@@ -173,7 +170,7 @@ async fn respond(stream: &mut TcpStream, status: &str, body: &str) {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = glommio::timer::timeout(Duration::from_secs(2), async {
+    let _ = glommio::timer::timeout(RESPOND_TIMEOUT, async {
         Ok(write_all(stream, resp.as_bytes()).await)
     })
     .await;
@@ -355,7 +352,7 @@ fn decide(shard: &Shard, head: &[u8], mut ip: IpAddr) -> Decision {
     let Some(key) = header(&req, "sec-websocket-key") else {
         return Decision::Refuse("400 Bad Request", "missing Sec-WebSocket-Key\n");
     };
-    let proxies = &shard.shared.cfg.args.trusted_proxies;
+    let proxies = &shard.ctx.cfg.trusted_proxies;
     if trusted(proxies, ip) {
         if let Some(client) =
             header(&req, "x-forwarded-for").and_then(|x| client_from_xff(x, proxies))
@@ -367,7 +364,7 @@ fn decide(shard: &Shard, head: &[u8], mut ip: IpAddr) -> Decision {
         None => None,
         Some(v) => {
             let token = crate::auth::bearer_token(v);
-            match token.map(|t| shard.shared.verifier.verify(t)) {
+            match token.map(|t| shard.ctx.verifier.verify(t)) {
                 Some(Ok(c)) => Some(c),
                 _ => return Decision::Refuse("401 Unauthorized", "invalid token\n"),
             }
@@ -386,9 +383,9 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>
         Ok(a) => a.ip(),
         Err(_) => return,
     };
-    let cfg = &shard.shared.cfg;
-    let peer_trusted = trusted(&cfg.args.trusted_proxies, peer);
-    let deadline = cfg.hello_timeout().min(Duration::from_secs(10));
+    let cfg = &shard.ctx.cfg;
+    let peer_trusted = trusted(&cfg.trusted_proxies, peer);
+    let deadline = cfg.hello_timeout.min(HEAD_TIMEOUT_MAX);
     let head = glommio::timer::timeout(deadline, async {
         Ok(read_head(&mut stream, peer_trusted, &slot).await)
     })
@@ -415,37 +412,25 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>
             ip,
         } => (accept_key, claims, ip),
     };
-    let shared = &shard.shared;
-    if !shared.per_ip.acquire(ip) {
+    let admission = &shard.ctx.admission;
+    // The node's drain flag is set before any shard hears of the drain.
+    if let Err(why) = admission.admit(ip) {
         shard.metrics().rejected_http.fetch_add(1, Relaxed);
-        respond(
-            &mut stream,
-            "429 Too Many Requests",
-            "too many connections from this address\n",
-        )
-        .await;
-        return;
-    }
-    if shard.draining.fired() || shared.connections.fetch_add(1, Relaxed) >= cfg.max_connections {
-        if !shard.draining.fired() {
-            shared.connections.fetch_sub(1, Relaxed);
-        }
-        shared.per_ip.release(ip);
-        shard.metrics().rejected_http.fetch_add(1, Relaxed);
-        respond(
-            &mut stream,
-            "503 Service Unavailable",
-            "at capacity or draining\n",
-        )
-        .await;
+        let (status, body) = match why {
+            Refusal::PerIp => (
+                "429 Too Many Requests",
+                "too many connections from this address\n",
+            ),
+            Refusal::Full => ("503 Service Unavailable", "at capacity or draining\n"),
+        };
+        respond(&mut stream, status, body).await;
         return;
     }
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
     );
     if write_all(&mut stream, resp.as_bytes()).await.is_err() {
-        shared.connections.fetch_sub(1, Relaxed);
-        shared.per_ip.release(ip);
+        admission.release(ip);
         return;
     }
     let id = shard.next_conn_id.get();
@@ -465,7 +450,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>
     drop(bytes);
     // A task of its own: the handshake's state is freed now, not kept for the
     // connection's lifetime.
-    glommio::spawn_local(conn::serve(shard, conn, leftover)).detach();
+    glommio::spawn_local(reader::serve(shard, conn, leftover)).detach();
 }
 
 #[cfg(test)]

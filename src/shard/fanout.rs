@@ -16,7 +16,8 @@ use slab::Slab;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::conn::{Conn, Push};
+use super::conn::Conn;
+use super::outbound::Push;
 use super::Shard;
 use crate::bus::Event;
 use crate::channels::Trie;
@@ -53,8 +54,8 @@ pub fn deliver_into(
         match c.enqueue(&ev.frame, ev.received, send_queue_bytes) {
             Push::Queued => {
                 out.delivered += 1;
-                if !c.dirty.get() {
-                    c.dirty.set(true);
+                if !c.out.dirty.get() {
+                    c.out.dirty.set(true);
                     dirty.push(key);
                 }
             }
@@ -70,7 +71,7 @@ pub fn deliver(shard: &Shard, ev: &Event) {
         &shard.trie.borrow(),
         &shard.conns.borrow(),
         ev,
-        shard.shared.cfg.args.send_queue_bytes,
+        shard.ctx.cfg.send_queue_bytes,
         &mut shard.dirty.borrow_mut(),
     );
     let m = shard.metrics();

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
+use xcord_common::claims::{sign_hs256, Claims};
 
 pub const SECRET: &str = "test-secret";
 pub const ADMIN: &str = "admin-token";
@@ -290,18 +291,10 @@ pub fn http(
 }
 
 pub fn token_with(sub: &str, servers: &[&str], dms: &[&str], ttl_secs: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims =
-        json!({"sub": sub, "exp": now + ttl_secs, "iat": now, "servers": servers, "dms": dms});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut claims = Claims::new(sub, &strings(servers), &strings(dms), 0);
+    claims.exp = claims.exp.saturating_add_signed(ttl_secs);
+    sign_hs256(SECRET.as_bytes(), &claims).unwrap()
 }
 
 pub fn token(sub: &str, servers: &[&str], dms: &[&str]) -> String {

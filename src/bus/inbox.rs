@@ -1,9 +1,10 @@
-//! The lock-free mailbox from other threads (the bus router, the node) into one shard.
+//! The lock-free mailbox from the bus router (and the node) into one shard; it lives
+//! beside its producer, and the shard only consumes it.
 //!
 //! One ordered queue carries events and resume grants, because a grant's place
 //! among the events is the resume seam (SPEC §8): everything before it is replayed
-//! from the grant, everything after it arrives live. Events are bounded (65 536 by
-//! default): the router never waits on a shard — a full inbox drops the event and
+//! from the grant, everything after it arrives live. Events are bounded
+//! (`limits::INBOX_EVENTS`): the router never waits on a shard — a full inbox drops the event and
 //! counts it (`queue_full`), because Redis disconnects a pub/sub client that falls
 //! 32 MB behind and that would lose far more. Grants are never dropped.
 //!
@@ -18,8 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use crate::bus::event::Event;
-use crate::bus::Grant;
+use super::event::Event;
+use super::parked::Grant;
 
 /// Control messages for a shard.
 #[derive(Debug)]

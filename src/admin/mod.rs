@@ -1,21 +1,31 @@
 //! The admin listener (SPEC §2, §7): `/healthz`, `/readyz`, `/metrics` and
 //! `POST /api/v1/publish`. It runs on its own small thread pool, far from the shards:
-//! it reads their relaxed counters and publishes through the bus like a backend.
+//! it reads their relaxed counters and the admission state, and publishes through
+//! the bus like a backend. It is given exactly what it serves ([`Admin`]).
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tiny_http::{Header, Method, Request, Response, Server};
 use tracing::info;
 
-use crate::channels::name::valid_channel;
-use crate::node::Shared;
+use crate::admission::Admission;
+use crate::bus::Bus;
+use crate::channels::valid_channel;
+use crate::limits::{ADMIN_MAX_BODY, ADMIN_THREADS};
+use crate::metrics::{Metrics, NodeState};
 
-const MAX_BODY: u64 = 1024 * 1024;
+/// What the admin listener serves.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub bus: Arc<Bus>,
+    pub admission: Arc<Admission>,
+    /// The bearer of `POST /api/v1/publish`; without it that route answers 403.
+    pub admin_token: Option<String>,
+}
 
-/// Bind the admin listener and serve it on two threads. Returns the bound address.
-pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, String> {
+/// Bind the admin listener and serve it on its threads. Returns the bound address.
+pub fn start(addr: SocketAddr, admin: Admin) -> Result<SocketAddr, String> {
     let server =
         Server::http(addr).map_err(|e| format!("cannot bind --admin-listen {addr}: {e}"))?;
     let bound = server
@@ -24,14 +34,15 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, String
         .ok_or("admin listener has no IP address")?;
     info!("admin listening on {bound}");
     let server = Arc::new(server);
-    for i in 0..2 {
+    let admin = Arc::new(admin);
+    for i in 0..ADMIN_THREADS {
         let server = server.clone();
-        let shared = shared.clone();
+        let admin = admin.clone();
         std::thread::Builder::new()
             .name(format!("xcord-admin-{i}"))
             .spawn(move || {
                 for req in server.incoming_requests() {
-                    handle(&shared, req);
+                    handle(&admin, req);
                 }
             })
             .map_err(|e| format!("cannot start the admin thread: {e}"))?;
@@ -52,35 +63,39 @@ fn json(status: u16, body: &str) -> Response<std::io::Cursor<Vec<u8>>> {
 }
 
 /// Whether the node accepts clients now (SPEC §7).
-pub fn ready(shared: &Shared) -> Result<(), &'static str> {
-    if shared.draining.load(Relaxed) {
+pub fn ready(admin: &Admin) -> Result<(), &'static str> {
+    if admin.admission.draining() {
         return Err("draining");
     }
-    if shared.connections.load(Relaxed) >= shared.cfg.max_connections {
+    if admin.admission.at_capacity() {
         return Err("at --max-connections");
     }
-    if !shared.bus.up() {
+    if !admin.bus.up() {
         return Err("redis link down");
     }
     Ok(())
 }
 
-fn handle(shared: &Shared, mut req: Request) {
+fn handle(admin: &Admin, mut req: Request) {
     let path = req.url().split('?').next().unwrap_or("").to_owned();
     let resp = match (req.method(), path.as_str()) {
         (Method::Get, "/healthz") => text(200, "ok\n"),
-        (Method::Get, "/readyz") => match ready(shared) {
+        (Method::Get, "/readyz") => match ready(admin) {
             Ok(()) => text(200, "ready\n"),
             Err(why) => text(503, format!("not ready: {why}\n")),
         },
         (Method::Get, "/metrics") => {
-            let mut r = text(200, shared.metrics.render());
+            let node = NodeState {
+                ready: ready(admin).is_ok(),
+                max_connections: admin.admission.max(),
+            };
+            let mut r = text(200, admin.metrics.render(&node));
             if let Ok(h) = Header::from_bytes("Content-Type", "text/plain; version=0.0.4") {
                 r.add_header(h);
             }
             r
         }
-        (Method::Post, "/api/v1/publish") => publish(shared, &mut req),
+        (Method::Post, "/api/v1/publish") => publish(admin, &mut req),
         (_, "/healthz" | "/readyz" | "/metrics" | "/api/v1/publish") => {
             text(405, "method not allowed\n")
         }
@@ -89,8 +104,8 @@ fn handle(shared: &Shared, mut req: Request) {
     let _ = req.respond(resp);
 }
 
-fn publish(shared: &Shared, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
-    let Some(expected) = shared.cfg.args.admin_token.as_deref() else {
+fn publish(admin: &Admin, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+    let Some(expected) = admin.admin_token.as_deref() else {
         return json(
             403,
             r#"{"error":"publishing is disabled: start with --admin-token"}"#,
@@ -111,10 +126,10 @@ fn publish(shared: &Shared, req: &mut Request) -> Response<std::io::Cursor<Vec<u
     let mut body = Vec::new();
     if req
         .as_reader()
-        .take(MAX_BODY + 1)
+        .take(ADMIN_MAX_BODY + 1)
         .read_to_end(&mut body)
         .is_err()
-        || body.len() as u64 > MAX_BODY
+        || body.len() as u64 > ADMIN_MAX_BODY
     {
         return json(413, r#"{"error":"body too large or unreadable"}"#);
     }
@@ -138,7 +153,7 @@ fn publish(shared: &Shared, req: &mut Request) -> Response<std::io::Cursor<Vec<u
         .get("payload")
         .map(|p| p.to_string())
         .unwrap_or_else(|| "null".to_owned());
-    match shared.bus.publish_wait(channel, event, &payload) {
+    match admin.bus.publish_wait(channel, event, &payload) {
         Ok(()) => json(202, r#"{"ok":true}"#),
         Err(e) => json(503, &sonic_rs::json!({"error": e}).to_string()),
     }

@@ -1,12 +1,14 @@
-//! Configuration: every flag of SPEC §2 with its environment twin (`--shards` ⇔
-//! `XCORD_SHARDS`). Values are checked once, at start; a bad value stops the
-//! process with one clear line and a non-zero exit (clap's error path), so the rest
-//! of the code can trust a `Config`.
+//! The command line: every flag of SPEC §2 with its environment twin (`--shards` ⇔
+//! `XCORD_SHARDS`), and the parsers for its values. Secrets (`--jwt-secret`,
+//! `--admin-token`) never appear in `--help`, even when set in the environment.
+//! Cross-field rules and host-derived values are checked in `config::Config`.
 
 use clap::{Args, Parser, Subcommand};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+use xcord_common::host::Shards;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,9 +42,9 @@ pub struct TokenArgs {
     #[arg(long, value_delimiter = ',')]
     pub dms: Vec<String>,
     /// Lifetime, e.g. 3600, 90s, 15m, 1h, 7d.
-    #[arg(long, default_value = "1h", value_parser = parse_duration_secs)]
+    #[arg(long, default_value = "1h", value_parser = xcord_common::units::parse_duration)]
     pub ttl: Duration,
-    #[arg(long, env = "XCORD_JWT_SECRET")]
+    #[arg(long, env = "XCORD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
     #[arg(long, env = "XCORD_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -55,13 +57,6 @@ pub struct TokenArgs {
 pub struct RateLimit {
     pub count: u32,
     pub window: Duration,
-}
-
-/// `--shards`: a number, or `auto` (see `shard_count`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shards {
-    Auto,
-    Count(usize),
 }
 
 /// An IP network in CIDR form.
@@ -104,17 +99,22 @@ pub struct RunArgs {
     /// Client listener. Port 0 picks a free port; the bound address is logged as `listening on ADDR`.
     #[arg(long, env = "XCORD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Admin listener: /metrics, /healthz, /readyz, POST /api/v1/publish.
+    /// Admin listener: /metrics, /healthz, /readyz, POST /api/v1/publish, /ui.
     #[arg(long, env = "XCORD_ADMIN_LISTEN", default_value = "127.0.0.1:9091")]
     pub admin_listen: SocketAddr,
-    /// Shard threads, one pinned per core: a number or `auto` (default: usable cores).
-    #[arg(long, env = "XCORD_SHARDS", value_parser = parse_shards)]
+    /// Shard threads, one pinned per core: a number or `auto` (default: usable cores, at most 64).
+    #[arg(long, env = "XCORD_SHARDS")]
     pub shards: Option<Shards>,
     /// redis://… URL. Without it the gateway runs single-node on an in-process bus.
     #[arg(long, env = "XCORD_REDIS", value_parser = parse_redis_url)]
     pub redis: Option<String>,
     /// HS256 secret.
-    #[arg(long, env = "XCORD_JWT_SECRET", conflicts_with = "jwt_public_key")]
+    #[arg(
+        long,
+        env = "XCORD_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
     pub jwt_secret: Option<String>,
     /// PEM public key file (RS256, ES256 or EdDSA, from the key type).
     #[arg(long, env = "XCORD_JWT_PUBLIC_KEY")]
@@ -126,15 +126,15 @@ pub struct RunArgs {
     /// Clock skew allowed on exp/nbf.
     #[arg(long, env = "XCORD_JWT_LEEWAY_SECONDS", default_value_t = 5)]
     pub jwt_leeway_seconds: u64,
-    /// Bearer token for POST /api/v1/publish; without it that route answers 403.
-    #[arg(long, env = "XCORD_ADMIN_TOKEN")]
+    /// Bearer token for POST /api/v1/publish and the console; without it those answer 403.
+    #[arg(long, env = "XCORD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     #[arg(long, env = "XCORD_HEARTBEAT_INTERVAL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_interval_ms: u64,
     #[arg(long, env = "XCORD_HELLO_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     pub hello_timeout_ms: u64,
     /// Largest client frame in bytes; larger: close 1009.
-    #[arg(long, env = "XCORD_MAX_MESSAGE_SIZE", default_value = "4096", value_parser = parse_bytes)]
+    #[arg(long, env = "XCORD_MAX_MESSAGE_SIZE", default_value = "4096", value_parser = parse_size)]
     pub max_message_size: usize,
     /// Per connection; the automatic user:{sub} does not count.
     #[arg(long, env = "XCORD_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
@@ -143,7 +143,7 @@ pub struct RunArgs {
     #[arg(long, env = "XCORD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Per-connection outbound bound; past it: close 4010.
-    #[arg(long, env = "XCORD_SEND_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "XCORD_SEND_QUEUE_BYTES", default_value = "1MiB", value_parser = parse_size)]
     pub send_queue_bytes: usize,
     /// Client commands per connection per window, e.g. 120/60s (fixed window).
     #[arg(long, env = "XCORD_RATE_LIMIT", default_value = "120/60s", value_parser = parse_rate_limit)]
@@ -154,7 +154,7 @@ pub struct RunArgs {
     pub presence_ttl_seconds: u64,
     #[arg(long, env = "XCORD_RESUME_WINDOW_SECONDS", default_value_t = 60)]
     pub resume_window_seconds: u64,
-    #[arg(long, env = "XCORD_REPLAY_BUFFER_BYTES", default_value = "8MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "XCORD_REPLAY_BUFFER_BYTES", default_value = "8MiB", value_parser = parse_size)]
     pub replay_buffer_bytes: usize,
     #[arg(long, env = "XCORD_TOKEN_GRACE_SECONDS", default_value_t = 30)]
     pub token_grace_seconds: u64,
@@ -168,169 +168,18 @@ pub struct RunArgs {
     pub presence_sweep_seconds: u64,
 }
 
-/// The checked configuration the node runs with.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub args: RunArgs,
-    pub shards: usize,
-    /// CPU ids the shards are pinned to, in order (`shards[i]` on `cpus[i % len]`).
-    pub cpus: Vec<usize>,
-    pub max_connections: usize,
-}
-
-impl Config {
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_millis(self.args.heartbeat_interval_ms)
-    }
-    pub fn hello_timeout(&self) -> Duration {
-        Duration::from_millis(self.args.hello_timeout_ms)
-    }
-
-    /// Check the cross-field rules and derive what depends on the host.
-    pub fn from_args(args: RunArgs) -> Result<Config, String> {
-        if args.jwt_secret.is_none() && args.jwt_public_key.is_none() {
-            return Err("one of --jwt-secret or --jwt-public-key is required".into());
-        }
-        if args.jwt_secret.as_deref() == Some("") {
-            return Err("--jwt-secret must not be empty".into());
-        }
-        if args.admin_token.as_deref() == Some("") {
-            return Err("--admin-token must not be empty".into());
-        }
-        if args.send_queue_bytes < 1024 {
-            return Err("--send-queue-bytes must be at least 1024".into());
-        }
-        if args.max_message_size < 64 {
-            return Err("--max-message-size must be at least 64".into());
-        }
-        let cpus = usable_cpus();
-        let shards = match args.shards {
-            Some(Shards::Count(n)) => n,
-            Some(Shards::Auto) => auto_shards(cpus.len()),
-            None => cpus.len().max(1),
-        };
-        if shards == 0 || shards > 64 {
-            return Err(format!("--shards must be between 1 and 64, got {shards}"));
-        }
-        let fd_limit = raise_nofile_limit();
-        let derived = fd_limit.saturating_sub(64 + 8 * shards as u64) as usize;
-        let max_connections = args.max_connections.unwrap_or(derived.max(1));
-        if max_connections == 0 {
-            return Err("--max-connections must be at least 1".into());
-        }
-        Ok(Config {
-            args,
-            shards,
-            cpus,
-            max_connections,
-        })
-    }
-}
-
-/// `--shards auto`: every usable core, less one for the bus thread and the kernel's
-/// network work once there are enough cores that one shard fewer costs little.
-pub fn auto_shards(cores: usize) -> usize {
-    match cores {
-        0 | 1 => 1,
-        2..=3 => cores,
-        n => n - 1,
-    }
-}
-
-/// CPU ids in this process's affinity mask (respects `taskset`).
-pub fn usable_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-                .filter(|c| libc::CPU_ISSET(*c, &set))
-                .collect();
-            if !cpus.is_empty() {
-                return cpus;
-            }
-        }
-    }
-    (0..std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1))
-        .collect()
-}
-
-/// Raise the soft open-file limit to the hard limit; return the limit in force.
-pub fn raise_nofile_limit() -> u64 {
-    // SAFETY: rlimit is plain data.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-        lim.rlim_cur
-    }
-}
-
-fn parse_shards(s: &str) -> Result<Shards, String> {
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(Shards::Auto);
-    }
-    s.parse::<usize>()
-        .ok()
-        .filter(|n| (1..=64).contains(n))
-        .map(Shards::Count)
-        .ok_or_else(|| format!("expected a number from 1 to 64 or `auto`, got `{s}`"))
-}
-
 fn parse_redis_url(s: &str) -> Result<String, String> {
     redis::Client::open(s).map_err(|e| format!("not a usable Redis URL: {e}"))?;
     Ok(s.to_owned())
 }
 
-/// Bytes: a plain number, or with a KiB/MiB/GiB (or k/m/g) suffix.
-pub fn parse_bytes(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("expected a size like 4096 or 1MiB, got `{s}`"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
-        _ => return Err(format!("unknown size unit in `{s}`")),
-    };
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("size out of range: `{s}`"))
-}
-
-/// A duration in seconds: `90`, `90s`, `15m`, `1h`, `7d`.
-pub fn parse_duration_secs(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration like 60s, got `{s}`"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        "ms" => return Ok(Duration::from_millis(n)),
-        _ => return Err(format!("unknown duration unit in `{s}`")),
-    };
-    Ok(Duration::from_secs(secs))
+/// A size in bytes (`4096`, `1MiB`…): positive, and within the address space.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let n = xcord_common::units::parse_bytes(s)?;
+    if n == 0 {
+        return Err(format!("size out of range: `{s}`"));
+    }
+    usize::try_from(n).map_err(|_| format!("size out of range: `{s}`"))
 }
 
 /// `COUNT/WINDOW`, e.g. `120/60s`, `10/1s`, `600/1m`.
@@ -342,7 +191,7 @@ pub fn parse_rate_limit(s: &str) -> Result<RateLimit, String> {
         .trim()
         .parse()
         .map_err(|_| format!("bad count in rate limit `{s}`"))?;
-    let window = parse_duration_secs(w)?;
+    let window = xcord_common::units::parse_duration(w)?;
     if count == 0 || window.is_zero() {
         return Err(format!(
             "rate limit count and window must be positive: `{s}`"
@@ -376,11 +225,11 @@ mod tests {
 
     #[test]
     fn sizes_and_limits() {
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_bytes("8m"), Ok(8 << 20));
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("0").is_err());
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("8m"), Ok(8 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
         assert_eq!(
             parse_rate_limit("120/60s"),
             Ok(RateLimit {
@@ -406,12 +255,5 @@ mod tests {
             .unwrap()
             .contains("127.0.0.1".parse().unwrap()));
         assert!(parse_cidr("10.0.0.0/33").is_err());
-    }
-
-    #[test]
-    fn auto_shard_rule() {
-        assert_eq!(auto_shards(1), 1);
-        assert_eq!(auto_shards(2), 2);
-        assert_eq!(auto_shards(8), 7);
     }
 }

@@ -1,242 +1,29 @@
-//! Presence and its Redis layout (SPEC §6, the design document's keys exactly).
-//!
-//! One `xcord-presence` thread per node owns presence: shards tell it (over a
-//! bounded queue, never waiting) when a session starts or ends and when a user sets
-//! a status; it keeps the node's user → local-session-count map, and with `--redis`
-//! it is the only writer of the presence keys:
-//!
-//! * `presence:{u}` HASH `status`, `last_seen` — the design document's hash;
-//! * `presence:{u}:alive` — `SETEX TTL 1`, refreshed for every user with a live
-//!   session here every TTL/3 in one pipeline (never per PING);
-//! * `server:{sid}:online` SET — the user while online, for each of the user's
-//!   servers (claim ∪ `user:{u}:servers`, remembered in `presence:{u}:servers` so
-//!   that whoever writes offline removes exactly what was added);
-//! * `presence:{u}:sessions` HASH node-id → sessions of `u` on that node, and
-//!   `xcord:node:{id}` (`SETEX TTL`) — a node's liveness; a node counts only its
-//!   own field, so two nodes never race: one Lua script (`SYNC`) sets this node's
-//!   count and decides online/offline from the sum over live nodes, atomically;
-//! * `xcord:presence:expiry` ZSET user → when the alive key lapses: the sweep's index.
-//!
-//! A node that dies stops refreshing; within TTL + `--presence-sweep-seconds` every
-//! live node's sweep sees the lapsed users, and the `CLAIM` script lets exactly one
-//! of them (the first; the script flips the status) write offline and broadcast.
-//! A starting node sweeps at once. After Redis comes back (empty or not) the node
-//! re-asserts every local user with `SYNC`.
-//!
-//! Without `--redis` presence lives in this thread alone: online at a user's first
-//! session, offline at the last, broadcast on the in-process bus.
-//!
-//! Every change is published as `server.member.presence {serverId, userId,
-//! presence}` on `server:{sid}` for each of the user's servers and once as
-//! `user.presence {userId, presence}` on `user:{u}:presence`.
+//! The `xcord-presence` thread: the node's user → local-session-count map, and with
+//! `--redis` the only writer of the presence keys. Changes queued meanwhile are
+//! written in one pipeline; alive keys are refreshed every TTL/3 in one pipeline;
+//! the sweep claims users whose alive key lapsed. Without Redis it decides
+//! online/offline from the local counts alone.
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+use super::scripts::{CLAIM, SET, SYNC};
+use super::{Change, Settings};
 use crate::bus::Bus;
-use crate::metrics::Metrics;
-use crate::shard::conn::{Conn, Session};
-use crate::shard::Shard;
-
-/// What shards tell the presence thread.
-#[derive(Debug)]
-pub enum Change {
-    /// `done` fires once the session is counted (in Redis, with `--redis`): HELLO_ACK
-    /// waits for it, so a session on another node that closes right after this one
-    /// is acknowledged can never make the user flap offline.
-    Start {
-        user: String,
-        servers: Vec<String>,
-        done: Option<futures_channel::oneshot::Sender<()>>,
-    },
-    End {
-        user: String,
-    },
-    Set {
-        user: String,
-        status: String,
-    },
-}
-
-/// The shards' handle.
-pub struct Presence {
-    tx: Sender<Change>,
-    metrics: Arc<Metrics>,
-}
-
-impl Presence {
-    fn send(&self, c: Change) -> bool {
-        let ok = self.tx.try_send(c).is_ok();
-        if !ok {
-            self.metrics.bus.dropped("publish_failed");
-        }
-        ok
-    }
-
-    pub fn end(&self, user: &str) -> bool {
-        self.send(Change::End {
-            user: user.to_owned(),
-        })
-    }
-}
-
-/// Count a new session; the receiver resolves once it is counted (or could not be).
-pub fn session_started(
-    shard: &Shard,
-    claims: &crate::auth::Claims,
-) -> futures_channel::oneshot::Receiver<()> {
-    let (tx, rx) = futures_channel::oneshot::channel();
-    let _ = shard.shared.presence.send(Change::Start {
-        user: claims.sub.clone(),
-        servers: claims.servers.clone(),
-        done: Some(tx),
-    });
-    rx
-}
-
-pub fn session_ended(shard: &Shard, s: &Session) {
-    let _ = shard.shared.presence.send(Change::End {
-        user: s.claims.sub.clone(),
-    });
-}
-
-pub fn set_presence(shard: &Shard, conn: &Conn, status: &str) {
-    let s = conn.session.borrow();
-    let Some(s) = s.as_ref() else { return };
-    let _ = shard.shared.presence.send(Change::Set {
-        user: s.claims.sub.clone(),
-        status: status.to_owned(),
-    });
-}
-
-/// Settings of the presence thread.
-pub struct Settings {
-    pub redis_url: Option<String>,
-    pub ttl: Duration,
-    pub sweep: Duration,
-    pub node_id: String,
-}
-
-/// The queue into the presence thread (made first: the bus router ends sessions too).
-pub fn channel() -> (Sender<Change>, Receiver<Change>) {
-    crossbeam_channel::bounded(100_000)
-}
-
-/// Start the presence thread.
-pub fn start(
-    settings: Settings,
-    tx: Sender<Change>,
-    rx: Receiver<Change>,
-    bus: Arc<Bus>,
-    metrics: Arc<Metrics>,
-) -> Result<Arc<Presence>, String> {
-    let client = match &settings.redis_url {
-        Some(u) => {
-            Some(redis::Client::open(u.as_str()).map_err(|e| format!("bad --redis URL: {e}"))?)
-        }
-        None => None,
-    };
-    std::thread::Builder::new()
-        .name("xcord-presence".into())
-        .spawn(move || {
-            let mut p = Worker {
-                s: settings,
-                client,
-                con: None,
-                reassert: false,
-                pending: Vec::new(),
-                dones: Vec::new(),
-                local: HashMap::new(),
-                bus,
-                last_warn: None,
-            };
-            p.run(rx)
-        })
-        .map_err(|e| format!("cannot start the presence thread: {e}"))?;
-    Ok(Arc::new(Presence { tx, metrics }))
-}
-
-/// Set this node's count for a user and decide online/offline over all live nodes.
-/// KEYS: none (single-instance Redis). ARGV: user, node, count, now, ttl, claim servers…
-/// Returns {1, servers} when the user went online, {2, servers} offline, {0} otherwise.
-const SYNC: &str = r#"
-local u, node, count, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-local pk, sk, srv = 'presence:'..u, 'presence:'..u..':sessions', 'presence:'..u..':servers'
-if count > 0 then redis.call('HSET', sk, node, count) else redis.call('HDEL', sk, node) end
-local total = 0
-local s = redis.call('HGETALL', sk)
-for i = 1, #s, 2 do
-  if redis.call('EXISTS', 'xcord:node:'..s[i]) == 1 or s[i] == node then
-    total = total + tonumber(s[i + 1])
-  else
-    redis.call('HDEL', sk, s[i])
-  end
-end
-local st = redis.call('HGET', pk, 'status')
-if total > 0 then
-  redis.call('SETEX', pk..':alive', ttl, 1)
-  redis.call('ZADD', 'xcord:presence:expiry', tonumber(now) + ttl, u)
-  for i = 6, #ARGV do redis.call('SADD', srv, ARGV[i]) end
-  redis.call('SUNIONSTORE', srv, srv, 'user:'..u..':servers')
-  local servers = redis.call('SMEMBERS', srv)
-  for _, sid in ipairs(servers) do redis.call('SADD', 'server:'..sid..':online', u) end
-  if st == false or st == 'offline' then
-    redis.call('HSET', pk, 'status', 'online', 'last_seen', now)
-    return {1, servers}
-  end
-  return {0}
-end
-if st ~= false and st ~= 'offline' then
-  redis.call('HSET', pk, 'status', 'offline', 'last_seen', now)
-  redis.call('DEL', pk..':alive')
-  redis.call('ZREM', 'xcord:presence:expiry', u)
-  local servers = redis.call('SMEMBERS', srv)
-  for _, sid in ipairs(servers) do redis.call('SREM', 'server:'..sid..':online', u) end
-  return {2, servers}
-end
-redis.call('ZREM', 'xcord:presence:expiry', u)
-return {0}
-"#;
-
-/// Claim a user whose alive key lapsed: offline unless a live node still holds a
-/// session. Exactly one caller gets {2, servers}; the others get {0}.
-/// ARGV: user, now.
-const CLAIM: &str = r#"
-local u, now = ARGV[1], ARGV[2]
-local pk, sk = 'presence:'..u, 'presence:'..u..':sessions'
-if redis.call('EXISTS', pk..':alive') == 1 then return {0} end
-local live = 0
-local s = redis.call('HGETALL', sk)
-for i = 1, #s, 2 do
-  if redis.call('EXISTS', 'xcord:node:'..s[i]) == 1 then live = live + tonumber(s[i + 1]) else redis.call('HDEL', sk, s[i]) end
-end
-if live > 0 then return {0} end
-redis.call('ZREM', 'xcord:presence:expiry', u)
-local st = redis.call('HGET', pk, 'status')
-if st == false or st == 'offline' then return {0} end
-redis.call('HSET', pk, 'status', 'offline', 'last_seen', now)
-local servers = redis.call('SMEMBERS', pk..':servers')
-for _, sid in ipairs(servers) do redis.call('SREM', 'server:'..sid..':online', u) end
-return {2, servers}
-"#;
-
-/// SET_PRESENCE: ARGV user, status, now. Returns the user's servers.
-const SET: &str = r#"
-local u = ARGV[1]
-redis.call('HSET', 'presence:'..u, 'status', ARGV[2], 'last_seen', ARGV[3])
-return redis.call('SMEMBERS', 'presence:'..u..':servers')
-"#;
+use crate::limits::{PRESENCE_BATCH, SWEEP_BATCH};
+use crate::link;
+use crate::throttle::Throttle;
 
 struct Local {
     sessions: u32,
     servers: Vec<String>,
 }
 
-struct Worker {
+pub(super) struct Worker {
     s: Settings,
     client: Option<redis::Client>,
     con: Option<redis::Connection>,
@@ -248,11 +35,11 @@ struct Worker {
     dones: Vec<futures_channel::oneshot::Sender<()>>,
     local: HashMap<String, Local>,
     bus: Arc<Bus>,
-    last_warn: Option<Instant>,
+    warn_log: Throttle,
 }
 
 fn now_unix() -> u64 {
-    crate::auth::now_secs()
+    xcord_common::clock::unix_secs()
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -284,7 +71,21 @@ fn verdict(v: &Value) -> (i64, Vec<String>) {
 }
 
 impl Worker {
-    fn run(&mut self, rx: Receiver<Change>) {
+    pub(super) fn new(s: Settings, client: Option<redis::Client>, bus: Arc<Bus>) -> Worker {
+        Worker {
+            s,
+            client,
+            con: None,
+            reassert: false,
+            pending: Vec::new(),
+            dones: Vec::new(),
+            local: HashMap::new(),
+            bus,
+            warn_log: Throttle::new(Duration::from_secs(10)),
+        }
+    }
+
+    pub(super) fn run(&mut self, rx: Receiver<Change>) {
         let refresh_every = (self.s.ttl / 3).max(Duration::from_millis(200));
         let mut next_refresh = Instant::now();
         let mut next_sweep = Instant::now(); // a starting node sweeps at once
@@ -294,7 +95,7 @@ impl Worker {
                 Ok(c) => {
                     // Everything queued meanwhile is written in one pipeline.
                     self.apply(c);
-                    for _ in 0..255 {
+                    for _ in 1..PRESENCE_BATCH {
                         match rx.try_recv() {
                             Ok(c) => self.apply(c),
                             Err(_) => break,
@@ -326,12 +127,8 @@ impl Worker {
     }
 
     fn warn(&mut self, what: &str, e: &str) {
-        if self
-            .last_warn
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-        {
+        if self.warn_log.ready() {
             warn!("presence: {what}: {e}");
-            self.last_warn = Some(Instant::now());
         }
     }
 
@@ -339,10 +136,8 @@ impl Worker {
     fn con(&mut self) -> Option<&mut redis::Connection> {
         if self.con.is_none() {
             let client = self.client.as_ref()?;
-            match client.get_connection_with_timeout(Duration::from_secs(2)) {
+            match link::connect(client) {
                 Ok(c) => {
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                    let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
                     self.con = Some(c);
                     if self.reassert {
                         self.reassert = false;
@@ -556,7 +351,7 @@ impl Worker {
                 .arg(now)
                 .arg("LIMIT")
                 .arg(0)
-                .arg(1000)
+                .arg(SWEEP_BATCH)
                 .query::<Vec<String>>(con)
             {
                 Ok(v) => v,

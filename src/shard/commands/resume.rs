@@ -1,0 +1,114 @@
+//! RESUME (SPEC §8): authenticate like HELLO, then ask the bus thread — which
+//! stamps `seq` and keeps the replay ring and the parked sessions — for the session.
+//! Its answer (a [`Grant`]) comes back through this shard's inbox in order with its
+//! events, so applying it is the seam: every event before it is in the replay,
+//! every event after it arrives live.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::hello::authenticate;
+use crate::bus::{Grant, Resumed, RouteOp};
+use crate::protocol::codes;
+use crate::protocol::messages as msg;
+use crate::shard::conn::{Conn, Phase};
+use crate::shard::session::{RateWindow, Session};
+use crate::shard::Shard;
+
+pub async fn resume(
+    shard: &Rc<Shard>,
+    conn: &Rc<Conn>,
+    token: Option<String>,
+    session_id: String,
+    seq: u64,
+) {
+    let Some(claims) = authenticate(shard, conn, token) else {
+        conn.begin_close(codes::AUTH_FAILED, true);
+        return;
+    };
+    if conn.creds.resuming.borrow().is_some() {
+        return; // one RESUME at a time
+    }
+    let user = claims.sub.clone();
+    *conn.creds.resuming.borrow_mut() = Some(Box::new(claims));
+    // The bus thread answers in this shard's inbox, in order with its events.
+    shard.ctx.bus.route_op(RouteOp::Resume {
+        session_id,
+        user,
+        seq,
+        shard: shard.id as u8,
+        conn_key: conn.key.get(),
+        conn_id: conn.id,
+    });
+}
+
+/// Give back the routes a grant added for a session nobody takes, and end it.
+fn abandon(shard: &Shard, r: &Resumed) {
+    for n in r.session.names() {
+        if !shard.trie.borrow().covers_exactly(n) {
+            shard.ctx.bus.remove_route(shard.id, n);
+        }
+    }
+    shard.ctx.presence.ended(&r.session.claims.sub);
+}
+
+/// A RESUME's answer, applied in inbox order: every event before it is in the
+/// replay, every event after it is live.
+pub fn apply_grant(shard: &Rc<Shard>, g: Grant) {
+    let conn = shard.conns.borrow().get(g.conn_key as usize).cloned();
+    let conn = conn.filter(|c| c.id == g.conn_id);
+    let claims = conn
+        .as_ref()
+        .and_then(|c| c.creds.resuming.borrow_mut().take());
+    let (Some(conn), Some(claims)) = (conn, claims) else {
+        // The connection is gone.
+        if let Some(r) = &g.outcome {
+            abandon(shard, r);
+        }
+        return;
+    };
+    let Some(r) = g.outcome else {
+        conn.send_json(shard, &msg::encode("INVALID_SESSION", msg::Empty {}));
+        return;
+    };
+    if conn.phase() != Phase::AwaitHello {
+        // A HELLO (or a close) got there first: the old session ends here.
+        abandon(shard, &r);
+        return;
+    }
+    let key = conn.key.get();
+    let d = r.session;
+    shard.subscribe(&d.auto_sub, key);
+    for (n, _) in &d.subs {
+        shard.subscribe(n, key);
+    }
+    let replayed = r.replay.len() as u64;
+    let limit = shard.ctx.cfg.send_queue_bytes;
+    for ev in &r.replay {
+        conn.push_event(&ev.frame, ev.received, limit);
+    }
+    conn.last_seq.set(r.s0);
+    let session = Session {
+        session_id: d.session_id,
+        claims: *claims,
+        floor: d.floor,
+        subs: d.subs.into_iter().collect(),
+        rate: RateWindow::new(Instant::now()),
+        typing: Vec::new(),
+    };
+    let reply = msg::encode(
+        "RESUMED",
+        msg::Resumed {
+            session_id: &session.session_id,
+            replayed,
+        },
+    );
+    *conn.session.borrow_mut() = Some(session);
+    if conn.phase() != Phase::AwaitHello {
+        // The replay overflowed the send queue (closed 4010): not resumed.
+        return;
+    }
+    conn.life.phase.set(Phase::Ready);
+    conn.last_rx.set(Instant::now());
+    conn.send_json(shard, &reply);
+}
