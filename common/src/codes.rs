@@ -35,6 +35,8 @@ pub enum Reconnect {
     NewToken,
     /// Not automatically: the client (or its user) must change something.
     Never,
+    /// Nothing to do: the client itself closed.
+    Done,
 }
 
 impl Reconnect {
@@ -44,6 +46,7 @@ impl Reconnect {
             Reconnect::AtOnce => "reconnect at once (small jitter), then RESUME",
             Reconnect::NewToken => "get a new token first; never retry the same one",
             Reconnect::Never => "do not reconnect automatically (a client bug)",
+            Reconnect::Done => "nothing to do (the client closed)",
         }
     }
 }
@@ -66,7 +69,7 @@ pub const TABLE: [Close; 15] = [
         code: NORMAL,
         reason: "",
         meaning: "normal close (by the client)",
-        reconnect: Reconnect::Never,
+        reconnect: Reconnect::Done,
     },
     Close {
         code: GOING_AWAY,

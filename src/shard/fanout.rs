@@ -3,10 +3,10 @@
 //! The frame was encoded once by the router; here it is copied into each covering
 //! connection's outbound buffer (a memcpy into a reused buffer, no allocation, no
 //! JSON work, no lock) and the connection is put on the turn's dirty list once.
-//! At the end of the turn (up to 256 events or 64 KiB) the shard writes each dirty socket
-//! with one direct `send()` (`Conn::flush_direct`): frames for one socket coalesce
-//! into one write per turn (uWebSockets calls this corking), and no task is woken
-//! unless the socket pushes back.
+//! At the end of the turn (`limits::TURN_EVENTS` events or `TURN_BYTES`) the shard
+//! writes each dirty socket with one direct `send()` (`Conn::flush_direct`): frames
+//! for one socket coalesce into one write per turn (uWebSockets calls this
+//! corking), and no task is woken unless the socket pushes back.
 //!
 //! Exactly once: a connection with overlapping subscriptions (`server:s` and
 //! `server:s:channel:c`) is visited once per covering node; the per-connection

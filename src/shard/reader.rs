@@ -97,7 +97,7 @@ async fn read_some(shard: &Shard, conn: &Conn) -> ReadOutcome {
 /// HTTP request (a client may send its first frame right behind it).
 pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
     // The frame codec exists only while it holds something: an idle connection
-    // keeps none (it would cost ~500 bytes: the context and its read buffer).
+    // keeps none (the context and its read buffer; loadtest/RESULTS.md, "Memory").
     let new_codec = || {
         Box::new(WebSocketContext::new(
             tungstenite::protocol::Role::Server,
