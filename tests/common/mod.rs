@@ -17,17 +17,43 @@ use xcord_common::claims::{sign_hs256, Claims};
 pub const SECRET: &str = "test-secret";
 pub const ADMIN: &str = "admin-token";
 
+/// A free loopback port for a server a test starts (Redis): below the ephemeral
+/// range (so no client socket of the OS takes it while the test stops and restarts
+/// its server) and below 22000 (a Redis Cluster node's bus port is port + 10000).
+/// No two calls in one test process return the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = 12_000 + fastrand::u16(..10_000);
+        let mut taken = TAKEN.lock().unwrap();
+        if taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
+}
+
+/// The test process's open-file limit, raised to the hard limit once (tests open
+/// thousands of sockets; the soft default may be 1,024).
+pub fn raise_nofile() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    });
 }
 
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// With persistence: where `dump.rdb` lives (a restart loads it).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Redis {
@@ -36,24 +62,49 @@ impl Redis {
     }
 
     pub fn start_on(port: u16) -> Redis {
+        Self::spawn(port, None)
+    }
+
+    /// A Redis whose `SAVE` writes a snapshot that [`Redis::restart`] loads.
+    pub fn start_persistent() -> Redis {
+        let dir = std::env::temp_dir().join(format!(
+            "xcord-redis-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::spawn(free_port(), Some(dir))
+    }
+
+    fn spawn(port: u16, dir: Option<std::path::PathBuf>) -> Redis {
+        let mut args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        match &dir {
+            Some(d) => args.extend([
+                "--dir".into(),
+                d.display().to_string(),
+                "--save".into(),
+                "".into(),
+                "--appendonly".into(),
+                "no".into(),
+            ]),
+            None => args.extend(["--save", "", "--appendonly", "no"].map(String::from)),
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
-        let r = Redis { child, port };
+        let mut r = Redis { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            // Our own child must be the one answering (not another test's server).
+            if let Ok(Some(status)) = r.child.try_wait() {
+                panic!("redis-server on port {port} exited at start ({status}): port taken?");
+            }
             if let Ok(mut c) = r.conn() {
                 if redis::cmd("PING").query::<String>(&mut c).is_ok() {
                     return r;
@@ -62,6 +113,45 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("redis-server did not start on port {port}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send `sig` to our server, only while it is our live child (never to a pid
+    /// that may have been reused).
+    fn signal(&mut self, sig: i32) {
+        if let Ok(None) = self.child.try_wait() {
+            unsafe {
+                libc::kill(self.child.id() as i32, sig);
+            }
+        }
+    }
+
+    /// Stop answering (SIGSTOP) without closing anything: an unreachable Redis.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Answer again after [`Redis::pause`].
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Write a snapshot now (persistent Redis only).
+    pub fn save(&self) {
+        let mut c = self.conn().unwrap();
+        let _: String = redis::cmd("SAVE").query(&mut c).unwrap();
+    }
+
+    /// Kill -9 and start again on the same port; a persistent Redis loads its last
+    /// snapshot, another comes back empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut fresh = Self::spawn(self.port, self.dir.take());
+        // `fresh` now holds the old, already reaped child: dropping it signals nothing.
+        std::mem::swap(self, &mut fresh);
     }
 
     pub fn url(&self) -> String {
@@ -90,6 +180,7 @@ impl Redis {
     }
 
     pub fn stop(&mut self) {
+        self.resume(); // never leave a paused server behind
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -98,6 +189,9 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 
@@ -135,6 +229,7 @@ impl Gateway {
 
     /// Start with these arguments and extra environment variables.
     pub fn start_env(args: &[String], env: &[(&str, &str)]) -> Result<Gateway, String> {
+        raise_nofile();
         let mut child = Command::new(env!("CARGO_BIN_EXE_xcord-gateway"))
             .args(args)
             .envs(env.iter().copied())
@@ -331,6 +426,7 @@ impl Client {
 
     /// Upgrade with extra headers; Err(status) when refused.
     pub fn try_connect(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Client, u16> {
+        raise_nofile();
         let stream = TcpStream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
