@@ -428,17 +428,21 @@ export class GatewayClient {
         this.onSocketClosed(code, reason);
     }
     onSocketClosed(code, reason) {
+        const wasConnected = this._state === "connected";
         this.teardown();
         this.gen++;
         if (this.userClosed)
             return;
         if (code === 4004) {
-            // The server discarded the session (SPEC §8).
             this.authFailures++;
-            if (this._sessionId)
-                this.lostSession = { id: this._sessionId, reason: "new_session" };
-            this._sessionId = null;
-            this._lastSeq = 0;
+            if (wasConnected) {
+                // An authentication close ends the session on the server (SPEC §8). A RESUME
+                // refused for its token leaves the parked session alone: try it again.
+                if (this._sessionId)
+                    this.lostSession = { id: this._sessionId, reason: "new_session" };
+                this._sessionId = null;
+                this._lastSeq = 0;
+            }
             if (!this.opts.getToken || this.authFailures >= 2) {
                 this.stop(code, reason, "AUTH_FAILED", "authentication failed (4004)" + (this.opts.getToken ? " with a fresh token" : ""));
                 return;
@@ -494,7 +498,10 @@ export class GatewayClient {
         const ws = this.ws;
         this.ws = null;
         if (ws) {
-            ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+            ws.onopen = ws.onmessage = ws.onclose = null;
+            // Not null: the `ws` package throws an 'error' event nobody listens to (closing a
+            // socket that is still connecting emits one).
+            ws.onerror = ignore;
         }
         this.clearTimer("handshakeTimer");
         this.clearTimer("deadTimer");
@@ -915,6 +922,7 @@ export class GatewayClient {
         }, 5000);
     }
 }
+function ignore() { }
 function serverError(p, command) {
     const e = { code: String(p?.code ?? "ERROR"), message: String(p?.message ?? "") };
     if (typeof p?.channel === "string")

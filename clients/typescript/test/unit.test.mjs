@@ -256,6 +256,36 @@ describe("when not to reconnect", () => {
     assert.equal(calls, 2);
   });
 
+  test("4004 on an established session ends it; 4004 on a RESUME keeps it for a fresh-token RESUME", async () => {
+    let calls = 0;
+    const { c, log } = make({ token: undefined, random: () => 0, getToken: () => jwt({ sub: "u", n: ++calls, exp: nowS() + 3600 }) });
+    c.connect().catch(() => {});
+    await flush();
+    handshake("sess");
+    FakeSocket.last.serverClose(1006);
+    mock.timers.tick(0);
+    FakeSocket.last.open();
+    assert.equal(FakeSocket.last.sent[0].type, "RESUME");
+    FakeSocket.last.serverClose(4004); // the RESUME's token was refused
+    mock.timers.tick(0);
+    await flush();
+    assert.equal(calls, 2);
+    FakeSocket.last.open();
+    assert.deepEqual(FakeSocket.last.sent[0].payload.sessionId, "sess", "the parked session is tried again");
+    FakeSocket.last.frame("RESUMED", { sessionId: "sess", replayed: 0 });
+    // Now an authentication close of the live session: it is gone on the server.
+    FakeSocket.last.serverClose(4004);
+    mock.timers.tick(0);
+    await flush();
+    assert.equal(calls, 3);
+    FakeSocket.last.open();
+    assert.equal(FakeSocket.last.sent[0].type, "HELLO");
+    FakeSocket.last.frame("HELLO_ACK", { sessionId: "next", heartbeatInterval: 30_000, userId: "u" });
+    assert.equal(log.gaps.length, 1);
+    assert.equal(log.gaps[0].previousSessionId, "sess");
+    c.close();
+  });
+
   test("close() is final, and sends 1000", () => {
     const { c, log } = make({ random: () => 0.5 });
     c.connect().catch(() => {});
