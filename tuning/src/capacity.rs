@@ -16,7 +16,7 @@
 use serde::Serialize;
 
 use crate::result::Measurement;
-use crate::shards::ShardsArg;
+use crate::shards::Shards;
 use crate::units::{bytes, ceil_div, float, int};
 
 /// What the caller asks, with the defaults of the command line.
@@ -27,7 +27,7 @@ pub struct Options {
     pub target_connections: Option<u64>,
     pub target_events_per_sec: Option<f64>,
     pub fanout: Option<f64>,
-    pub shards: Option<ShardsArg>,
+    pub shards: Option<Shards>,
     pub nofile: Option<u64>,
     pub mem_reserve: f64,
     pub cpu_target: f64,
@@ -189,7 +189,7 @@ pub fn plan(m: &Measurement, o: &Options) -> Result<Plan, String> {
             )
         }
     };
-    let shards_arg = o.shards.unwrap_or(ShardsArg::Auto);
+    let shards_arg = o.shards.unwrap_or(Shards::Auto);
     let shards = shards_arg.resolve(cores as usize) as u64;
     if o.shards.is_none() {
         assumptions.push(format!(

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::host::{Host, Reading};
 use crate::needs;
-use crate::shards::{self, ShardsArg};
+use crate::shards::{self, Shards};
 use crate::units::{bytes, int, limit};
 
 const SYSCTL_FILE: &str = "/etc/sysctl.d/99-xcord-gateway.conf";
@@ -52,7 +52,7 @@ pub struct Row {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub target: u64,
-    pub shards: ShardsArg,
+    pub shards: Shards,
     /// Gateway + kernel memory per connection, and where the figure comes from.
     pub bytes_per_conn: u64,
     pub bytes_per_conn_source: String,
@@ -91,11 +91,11 @@ pub fn evaluate(host: &Host, o: &Options) -> Report {
     let cores_for_rule = usable.unwrap_or(1);
     let s = o.shards.resolve(cores_for_rule) as u64;
     let shards_source = match (o.shards, usable) {
-        (ShardsArg::Count(_), _) => "--shards".to_string(),
-        (ShardsArg::Auto, Some(c)) => format!("auto on {c} usable cores"),
-        (ShardsArg::Auto, None) => "auto; cores unknown, assumed 1".to_string(),
+        (Shards::Count(_), _) => "--shards".to_string(),
+        (Shards::Auto, Some(c)) => format!("auto on {c} usable cores"),
+        (Shards::Auto, None) => "auto; cores unknown, assumed 1".to_string(),
     };
-    let fd_need = needs::fds(n, s);
+    let fd_need = needs::fds_for(n, s);
     let rec_nofile = needs::recommended_nofile(n, s);
     let mut rows = Vec::new();
 
