@@ -11,6 +11,7 @@ pub mod claims;
 pub mod clock;
 pub mod codes;
 pub mod host;
+pub mod result;
 pub mod units;
 
 pub use claims::{Audience, Claims};

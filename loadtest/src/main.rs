@@ -7,6 +7,7 @@
 //! optionally ramps the rate to find the saturation point, and writes a JSON result
 //! (`RESULT_SCHEMA.md`) and an SVG/HTML report. Exit code: 0 passed, 1 failed, 2 error.
 
+mod clock;
 mod conn;
 mod plan;
 mod procstat;
@@ -24,6 +25,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::result::Summary;
 use crate::scenario::{Overrides, PublisherKind, Scenario};
 
 #[derive(Parser, Debug)]
@@ -331,7 +333,7 @@ fn real_main() -> Result<bool> {
         report::write(path, r, &out.curves, bound)?;
         println!("report: {}", path.display());
     }
-    Ok(r.passed)
+    Ok(r.passed())
 }
 
 fn main() {

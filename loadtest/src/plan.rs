@@ -169,7 +169,6 @@ fn chat(s: &Scenario, seed: u64) -> Plan {
     let mut rng = fastrand::Rng::with_seed(seed);
     let n = s.connections;
     let cps = s.channels_per_server;
-    let server_cdf = zipf_cdf(s.servers, s.zipf_exponent);
 
     // Published channels: every server channel, then every DM conversation.
     let mut channel_names: Vec<String> = Vec::with_capacity(s.servers * cps);
@@ -179,15 +178,42 @@ fn chat(s: &Scenario, seed: u64) -> Plan {
         }
     }
     let server_channels = channel_names.len();
+    let member_of = memberships(s, &mut rng);
+    let dms_of = dm_conversations(s, &mut rng, &mut channel_names);
+    let dm_channels = channel_names.len() - server_channels;
+    let conns = (0..n)
+        .map(|u| chat_conn(s, u, &member_of[u], &dms_of[u], &channel_names))
+        .collect();
+    let mut members = vec![0u64; s.servers];
+    for mine in &member_of {
+        for &sv in mine {
+            members[sv] += 1;
+        }
+    }
+    Plan {
+        channel_names,
+        conns,
+        chooser: Chooser::Weighted(popularity(s, server_channels, dm_channels)),
+        presence_fanout: if s.server_tree {
+            members.iter().map(|m| m * m).sum()
+        } else {
+            0
+        },
+        largest_server: members.iter().copied().max().unwrap_or(0),
+    }
+}
 
-    // Membership: servers_per_user distinct servers per user, Zipf-popular.
-    let mut member_of: Vec<Vec<usize>> = Vec::with_capacity(n);
-    for _ in 0..n {
+/// Membership: `servers_per_user` distinct servers per user, Zipf-popular (after
+/// many draws that only hit servers a user already has, uniformly at random).
+fn memberships(s: &Scenario, rng: &mut fastrand::Rng) -> Vec<Vec<usize>> {
+    let server_cdf = zipf_cdf(s.servers, s.zipf_exponent);
+    let mut member_of: Vec<Vec<usize>> = Vec::with_capacity(s.connections);
+    for _ in 0..s.connections {
         let mut mine: Vec<usize> = Vec::with_capacity(s.servers_per_user);
         let mut tries = 0;
         while mine.len() < s.servers_per_user {
             let sv = if tries < 64 * s.servers_per_user {
-                draw(&server_cdf, &mut rng)
+                draw(&server_cdf, rng)
             } else {
                 rng.usize(..s.servers)
             };
@@ -199,9 +225,18 @@ fn chat(s: &Scenario, seed: u64) -> Plan {
         mine.sort_unstable();
         member_of.push(mine);
     }
+    member_of
+}
 
-    // DMs: user u starts ceil(dms_per_user / 2) conversations with random partners,
-    // so each user is in about dms_per_user of them.
+/// DMs: user u starts ceil(dms_per_user / 2) conversations with random partners,
+/// so each user is in about dms_per_user of them. Their channels are appended to
+/// `channel_names`; returns each user's conversations as channel indices.
+fn dm_conversations(
+    s: &Scenario,
+    rng: &mut fastrand::Rng,
+    channel_names: &mut Vec<String>,
+) -> Vec<Vec<u32>> {
+    let n = s.connections;
     let mut dms_of: Vec<Vec<u32>> = vec![Vec::new(); n];
     if n >= 2 {
         let started = s.dms_per_user.div_ceil(2);
@@ -215,51 +250,59 @@ fn chat(s: &Scenario, seed: u64) -> Plan {
             }
         }
     }
-    let dm_channels = channel_names.len() - server_channels;
+    dms_of
+}
 
-    let conns = (0..n)
-        .map(|u| {
-            let mut tracked: Vec<u32> = Vec::new();
-            let mut subscribe = Vec::new();
-            let mut typing = Vec::new();
-            let mut servers = Vec::new();
-            for &sv in &member_of[u] {
-                servers.push(format!("lts{sv}"));
-                if s.server_tree {
-                    subscribe.push(format!("server:lts{sv}"));
-                }
-                for c in 0..cps {
-                    let idx = sv * cps + c;
-                    tracked.push(idx as u32);
-                    typing.push(channel_names[idx].clone());
-                    if !s.server_tree {
-                        subscribe.push(channel_names[idx].clone());
-                    }
-                }
+/// What user `u` of the chat topology claims, subscribes to and tracks.
+fn chat_conn(
+    s: &Scenario,
+    u: usize,
+    member_of: &[usize],
+    dms_of: &[u32],
+    channel_names: &[String],
+) -> ConnPlan {
+    let cps = s.channels_per_server;
+    let mut tracked: Vec<u32> = Vec::new();
+    let mut subscribe = Vec::new();
+    let mut typing = Vec::new();
+    let mut servers = Vec::new();
+    for &sv in member_of {
+        servers.push(format!("lts{sv}"));
+        if s.server_tree {
+            subscribe.push(format!("server:lts{sv}"));
+        }
+        for c in 0..cps {
+            let idx = sv * cps + c;
+            tracked.push(idx as u32);
+            typing.push(channel_names[idx].clone());
+            if !s.server_tree {
+                subscribe.push(channel_names[idx].clone());
             }
-            let mut dms = Vec::new();
-            for &idx in &dms_of[u] {
-                let name = &channel_names[idx as usize];
-                dms.push(name.trim_start_matches("dm:").to_owned());
-                subscribe.push(name.clone());
-                tracked.push(idx);
-            }
-            tracked.sort_unstable();
-            tracked.dedup();
-            subscribe.dedup();
-            ConnPlan {
-                user: format!("lt{u}"),
-                servers,
-                dms,
-                subscribe,
-                tracked,
-                typing,
-            }
-        })
-        .collect();
+        }
+    }
+    let mut dms = Vec::new();
+    for &idx in dms_of {
+        let name = &channel_names[idx as usize];
+        dms.push(name.trim_start_matches("dm:").to_owned());
+        subscribe.push(name.clone());
+        tracked.push(idx);
+    }
+    tracked.sort_unstable();
+    tracked.dedup();
+    subscribe.dedup();
+    ConnPlan {
+        user: format!("lt{u}"),
+        servers,
+        dms,
+        subscribe,
+        tracked,
+        typing,
+    }
+}
 
-    // Channel popularity: Zipf over server-channel ranks (the channels of popular
-    // servers come first), dm_fraction spread evenly over DMs.
+/// Channel popularity: Zipf over server-channel ranks (the channels of popular
+/// servers come first), `dm_fraction` spread evenly over the DMs.
+fn popularity(s: &Scenario, server_channels: usize, dm_channels: usize) -> Vec<f64> {
     let zipf = zipf_cdf(server_channels, s.zipf_exponent);
     let ztotal = zipf.last().copied().unwrap_or(1.0);
     let server_share = if dm_channels == 0 {
@@ -273,23 +316,7 @@ fn chat(s: &Scenario, seed: u64) -> Plan {
         acc += s.dm_fraction / dm_channels as f64;
         cdf.push(acc);
     }
-    let mut members = vec![0u64; s.servers];
-    for mine in &member_of {
-        for &sv in mine {
-            members[sv] += 1;
-        }
-    }
-    Plan {
-        channel_names,
-        conns,
-        chooser: Chooser::Weighted(cdf),
-        presence_fanout: if s.server_tree {
-            members.iter().map(|m| m * m).sum()
-        } else {
-            0
-        },
-        largest_server: members.iter().copied().max().unwrap_or(0),
-    }
+    cdf
 }
 
 #[cfg(test)]

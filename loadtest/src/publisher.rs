@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::conn::Clock;
+use crate::clock::Clock;
 use crate::plan::Plan;
 use crate::scenario::PublisherKind;
 use crate::stats::Counters;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::result::RunResult;
+use crate::result::{RunResult, Summary};
 
 /// One latency curve: label and (percentile, ms) points.
 pub struct Curve {
@@ -278,15 +278,14 @@ pub fn svg(r: &RunResult, curves: &[Curve], bound_ms: f64) -> String {
         H * panels,
         H * panels
     );
+    let scenario = r.scenario.as_deref().unwrap_or_default();
+    let established = r.connections.established.unwrap_or_default();
     let title = if r.ramp.is_some() {
-        format!(
-            "{} ramp: end-to-end latency per step ({} connections)",
-            r.scenario, r.connections.established
-        )
+        format!("{scenario} ramp: end-to-end latency per step ({established} connections)")
     } else {
         format!(
-            "{}: end-to-end latency ({} connections, {:.0} deliveries/s)",
-            r.scenario, r.connections.established, r.deliveries.per_sec_achieved
+            "{scenario}: end-to-end latency ({established} connections, {:.0} deliveries/s)",
+            r.deliveries.per_sec_achieved.unwrap_or_default()
         )
     };
     percentile_plot(&mut s, 0.0, curves, &title);
@@ -305,10 +304,11 @@ pub fn write(path: &Path, r: &RunResult, curves: &[Curve], bound_ms: f64) -> Res
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"));
     let body = if html {
+        let scenario = esc(r.scenario.as_deref().unwrap_or_default());
         format!(
             "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>xcord-loadtest {}</title></head>\n<body style=\"font-family:sans-serif\">\n<h1>xcord-loadtest: {}</h1>\n<pre>{}</pre>\n{}</body></html>\n",
-            esc(&r.scenario),
-            esc(&r.scenario),
+            scenario,
+            scenario,
             esc(&r.summary()),
             svg
         )

@@ -1,13 +1,15 @@
 //! Measurement state: the run-wide counters (atomics, cheap to bump from every
 //! connection task), the latency histograms (one set per client thread, merged on
-//! demand, so recording never contends), and the percentile summaries.
+//! demand, so recording never contends), and the percentile summaries taken from
+//! them.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
+
+pub use xcord_common::result::Percentiles;
 
 /// Latencies are recorded in microseconds, 1 µs ..= 1 hour, 3 significant digits.
 pub const MAX_US: u64 = 3_600_000_000;
@@ -167,27 +169,18 @@ pub fn take_interval() -> Histogram<u64> {
     out
 }
 
-/// p50/p90/p99/p99.9/max (+ mean) in milliseconds; `null` when nothing was recorded.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Percentiles {
-    pub p50: Option<f64>,
-    pub p90: Option<f64>,
-    pub p99: Option<f64>,
-    pub p999: Option<f64>,
-    pub max: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mean: Option<f64>,
-    /// Samples in the histogram.
-    pub count: u64,
-}
-
 fn ms(us: u64) -> f64 {
     (us as f64) / 1000.0
 }
 
-impl Percentiles {
+/// Percentile summaries (the result file's type) taken from a microsecond histogram.
+pub trait FromHistogram {
     /// From a microsecond histogram; `with_mean` adds the mean.
-    pub fn of(h: &Histogram<u64>, with_mean: bool) -> Percentiles {
+    fn of(h: &Histogram<u64>, with_mean: bool) -> Self;
+}
+
+impl FromHistogram for Percentiles {
+    fn of(h: &Histogram<u64>, with_mean: bool) -> Percentiles {
         if h.is_empty() {
             return Percentiles::default();
         }

@@ -1,27 +1,16 @@
-//! HS256 tokens the tool signs itself: `{sub, exp, iat, servers, dms}` (plus `iss`
-//! and `aud` when the gateway checks them), as the gateway's verifier expects.
+//! HS256 tokens the tool signs itself, one per simulated user: the claims and the
+//! signing are the workspace's own (`xcord_common::claims`), so they are exactly
+//! what the gateway's verifier reads; `iss` and `aud` are set when the gateway
+//! checks them.
 
-use anyhow::{Context, Result};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::Serialize;
+use anyhow::{anyhow, Result};
+use xcord_common::claims::{sign_hs256, Claims};
+use xcord_common::Audience;
 
 use crate::plan::ConnPlan;
 
-#[derive(Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: u64,
-    iat: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    iss: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    aud: Option<&'a str>,
-    servers: &'a [String],
-    dms: &'a [String],
-}
-
 pub struct TokenMaker {
-    key: EncodingKey,
+    secret: Vec<u8>,
     issuer: Option<String>,
     audience: Option<String>,
     ttl_secs: u64,
@@ -35,7 +24,7 @@ impl TokenMaker {
         ttl_secs: u64,
     ) -> TokenMaker {
         TokenMaker {
-            key: EncodingKey::from_secret(secret.as_bytes()),
+            secret: secret.as_bytes().to_vec(),
             issuer,
             audience,
             ttl_secs,
@@ -43,21 +32,10 @@ impl TokenMaker {
     }
 
     pub fn sign(&self, c: &ConnPlan) -> Result<String> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let claims = Claims {
-            sub: &c.user,
-            exp: now + self.ttl_secs,
-            iat: now,
-            iss: self.issuer.as_deref(),
-            aud: self.audience.as_deref(),
-            servers: &c.servers,
-            dms: &c.dms,
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
-            .context("cannot sign an HS256 token")
+        let mut claims = Claims::new(&c.user, &c.servers, &c.dms, self.ttl_secs);
+        claims.iss = self.issuer.clone();
+        claims.aud = self.audience.clone().map(Audience::One);
+        sign_hs256(&self.secret, &claims).map_err(|e| anyhow!("cannot sign an HS256 token: {e}"))
     }
 }
 

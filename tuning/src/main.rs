@@ -5,7 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use xcord_tune::shards::ShardsArg;
+use xcord_common::units::parse_bytes;
+use xcord_tune::shards::Shards;
 use xcord_tune::{capacity, check, host, needs, profile, result, shards, units};
 
 #[derive(Parser, Debug)]
@@ -38,7 +39,7 @@ struct CheckArgs {
     target_connections: u64,
     /// Shards the gateway will run: a number or `auto`.
     #[arg(long, default_value = "auto")]
-    shards: ShardsArg,
+    shards: Shards,
     /// Read the host from this directory instead of /proc (same layout: cpuinfo,
     /// meminfo, self/limits, self/status, sys/...). Skips the live io_uring probe.
     #[arg(long, default_value = "/proc")]
@@ -48,7 +49,7 @@ struct CheckArgs {
     #[arg(long)]
     pid: Option<u32>,
     /// Gateway + kernel memory per connection (e.g. 16KiB) for the memory row.
-    #[arg(long, value_parser = units::parse_bytes, conflicts_with = "from")]
+    #[arg(long, value_parser = parse_bytes, conflicts_with = "from")]
     bytes_per_connection: Option<u64>,
     /// Take memory per connection from an xcord-loadtest result (measured RSS + kernel).
     #[arg(long)]
@@ -71,7 +72,7 @@ struct ProfileArgs {
     target_connections: u64,
     /// Shards: a number or `auto` (from --host-cores, else this host's cores).
     #[arg(long, default_value = "auto")]
-    shards: ShardsArg,
+    shards: Shards,
     /// Usable cores of the target host (default: this host's).
     #[arg(long)]
     host_cores: Option<u64>,
@@ -112,7 +113,7 @@ struct CapacityArgs {
     fanout: Option<f64>,
     /// Shards on the planned host: a number or `auto` (default: auto).
     #[arg(long)]
-    shards: Option<ShardsArg>,
+    shards: Option<Shards>,
     /// The planned host's open-file limit (default 1048576, the default fs.nr_open).
     #[arg(long)]
     nofile: Option<u64>,
@@ -123,7 +124,7 @@ struct CapacityArgs {
     #[arg(long, default_value_t = 0.7)]
     cpu_target: f64,
     /// Kernel socket memory per connection (not in the gateway's RSS).
-    #[arg(long, default_value = "4096", value_parser = units::parse_bytes)]
+    #[arg(long, default_value = "4096", value_parser = parse_bytes)]
     kernel_bytes_per_connection: u64,
     /// Gateway RSS per connection, instead of the result's.
     #[arg(long)]
@@ -132,7 +133,7 @@ struct CapacityArgs {
     #[arg(long)]
     cpu_seconds_per_million: Option<f64>,
     /// The gateway's --replay-buffer-bytes (per shard).
-    #[arg(long, default_value = "8MiB", value_parser = units::parse_bytes)]
+    #[arg(long, default_value = "8MiB", value_parser = parse_bytes)]
     replay_buffer_bytes: u64,
     /// Print JSON.
     #[arg(long)]
@@ -262,7 +263,7 @@ fn run_profile(a: ProfileArgs) -> Result<u8, String> {
         target: a.target_connections,
         shards: a.shards.resolve(cores as usize) as u64,
         cores,
-        shards_auto: a.shards == ShardsArg::Auto,
+        shards_auto: a.shards == Shards::Auto,
         user: a.user,
         gateway_bin: a.gateway_bin,
     };

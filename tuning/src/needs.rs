@@ -1,14 +1,13 @@
 //! What a gateway holding N connections with S shards needs from its host: the
 //! formulas and constants that `check` tests against and `profile` writes out, in
-//! one place so the two never disagree. Each constant says where it comes from.
+//! one place so the two never disagree. Each constant says where it comes from;
+//! the open-file arithmetic is the gateway's own (`xcord_common::host`), which
+//! derives its default `--max-connections` from it.
 
 use crate::units::round_up;
 
-/// Descriptors the gateway keeps besides its connections: listeners, the admin
-/// server, Redis links, stdio, the signal pipe (`src/config.rs`: `nofile − 64 − 8×shards`).
-pub const FD_BASE: u64 = 64;
-/// Per shard: its SO_REUSEPORT listener, io_uring rings, eventfds, timers.
-pub const FD_PER_SHARD: u64 = 8;
+pub use xcord_common::host::{connections_for_nofile, fds_for, FD_BASE, FD_PER_SHARD};
+
 /// `listen(4096)` on each shard's socket (`src/node.rs`); the kernel caps it at
 /// `net.core.somaxconn`, so a larger somaxconn buys nothing.
 pub const LISTEN_BACKLOG: u64 = 4096;
@@ -45,22 +44,10 @@ pub const NETDEV_RECOMMENDED: u64 = 16_384;
 /// and the gateway bounds what it queues per connection in user space.
 pub const SOCKET_BUFFER_DEFAULT: u64 = 16_384;
 
-/// Descriptors the gateway needs for `n` connections on `s` shards.
-pub fn fds(n: u64, s: u64) -> u64 {
-    n.saturating_add(FD_BASE)
-        .saturating_add(FD_PER_SHARD.saturating_mul(s))
-}
-
-/// Connections the gateway allows under an open-file limit (its own derivation of
-/// `--max-connections`).
-pub fn connections_for_nofile(nofile: u64, s: u64) -> u64 {
-    nofile.saturating_sub(FD_BASE + FD_PER_SHARD.saturating_mul(s))
-}
-
 /// The `LimitNOFILE` / `nofile` we recommend: the need plus 25%, in steps of 64 Ki,
 /// at least 65,536 (fds cost nothing until used; running out costs connections).
 pub fn recommended_nofile(n: u64, s: u64) -> u64 {
-    let need = fds(n, s);
+    let need = fds_for(n, s);
     round_up(need.saturating_add(need / 4), 65_536).max(65_536)
 }
 
@@ -73,9 +60,9 @@ pub fn recommended_nr_open(n: u64, s: u64) -> u64 {
 /// System-wide descriptors: the gateway's, doubled when a load generator runs on
 /// the same host (it holds the other end of every connection).
 pub fn file_max(n: u64, s: u64, with_loadgen: bool) -> u64 {
-    let one = fds(n, s);
+    let one = fds_for(n, s);
     if with_loadgen {
-        one.saturating_add(fds(n, 0))
+        one.saturating_add(fds_for(n, 0))
     } else {
         one
     }
@@ -149,8 +136,8 @@ mod tests {
     fn fd_arithmetic_matches_the_gateway() {
         // The gateway: max_connections = nofile − 64 − 8 × shards.
         assert_eq!(connections_for_nofile(20_000, 2), 19_920);
-        assert_eq!(fds(19_920, 2), 20_000);
-        assert_eq!(fds(1_000_000, 15), 1_000_184);
+        assert_eq!(fds_for(19_920, 2), 20_000);
+        assert_eq!(fds_for(1_000_000, 15), 1_000_184);
         assert_eq!(connections_for_nofile(10, 2), 0);
     }
 

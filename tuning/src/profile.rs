@@ -99,7 +99,7 @@ fn header(p: &Params, install: &str, apply: &str) -> String {
 fn sysctl(p: &Params) -> File {
     let n = p.target;
     let s = p.shards;
-    let fds = needs::fds(n, s);
+    let fds = needs::fds_for(n, s);
     let nofile = needs::recommended_nofile(n, s);
     let nr_open = needs::recommended_nr_open(n, s);
     let file_max = needs::recommended_file_max(n, s);
@@ -211,7 +211,7 @@ fn limits(p: &Params) -> File {
 # at least 8 MiB. Without it a shard's executor fails to start.\n\
 {u}  soft  memlock  {memlock_kib}\n\
 {u}  hard  memlock  {memlock_kib}\n",
-        fds = needs::fds(n, s),
+        fds = needs::fds_for(n, s),
         io = bytes(needs::IO_MEMORY_PER_SHARD),
         ring = bytes(needs::RING_MEMLOCK_PER_SHARD),
         need = bytes(needs::memlock(s)),
@@ -291,7 +291,7 @@ WantedBy=multi-user.target\n",
         user = p.user,
         bin = p.gateway_bin,
         derived = int(needs::connections_for_nofile(nofile, s)),
-        fds = needs::fds(n, s),
+        fds = needs::fds_for(n, s),
         io = bytes(needs::IO_MEMORY_PER_SHARD),
         ring = bytes(needs::RING_MEMLOCK_PER_SHARD),
         need = bytes(needs::memlock(s)),

@@ -1,13 +1,16 @@
 //! Reading an `xcord-loadtest` result file (schema `xcord-loadtest/1`,
 //! `loadtest/RESULT_SCHEMA.md`) into the few measurements capacity planning uses.
 //!
-//! Every field is optional here: a missing or `null` field becomes `None` and the
-//! caller states the consequence. A field of the wrong type, a negative count, or a
+//! The file is deserialised into the load tester's own result types
+//! (`xcord_common::result`), so a field the two disagree on cannot slip through.
+//! A missing or `null` field becomes `None` and the caller states the consequence.
+//! A field of the wrong type, a negative count, a size that must be positive, or a
 //! file that is not JSON is an error naming the field.
 
 use serde_json::Value;
+use xcord_common::result::RunResult;
 
-pub const SCHEMA: &str = "xcord-loadtest/1";
+pub use xcord_common::result::SCHEMA;
 
 /// The measurements `capacity` reads, each `None` when the result lacks it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,118 +50,127 @@ pub struct Measurement {
 
 /// Parse the text of a result file.
 pub fn parse(text: &str) -> Result<Measurement, String> {
-    let v: Value =
+    let mut v: Value =
         serde_json::from_str(text).map_err(|e| format!("the result is not valid JSON: {e}"))?;
     if !v.is_object() {
         return Err("the result is not a JSON object".into());
     }
-    let schema = string(&v, &["schema"])?;
-    if let Some(s) = &schema {
+    if let Some(Value::String(s)) = v.get("schema") {
         if s != SCHEMA {
             return Err(format!(
                 "the result has schema `{s}`; this xcord-tune reads `{SCHEMA}`"
             ));
         }
     }
-    let gateway_measured = matches!(v.get("gateway"), Some(Value::Object(_)));
-    Ok(Measurement {
-        schema,
-        scenario: string(&v, &["scenario"])?,
-        duration_s: positive(&v, &["duration_s"])?,
-        host_cores: positive(&v, &["host", "cores"])?,
-        host_mem_bytes: positive(&v, &["host", "mem_bytes"])?,
-        connections_target: count(&v, &["connections", "target"])?,
-        established: count(&v, &["connections", "established"])?,
-        subscribers_per_channel: count(&v, &["config", "subscribers_per_channel"])?,
-        rate_events_per_sec: count(&v, &["config", "rate_events_per_sec"])?,
-        gateway_shards: count(&v, &["config", "gateway_shards"])?,
-        deliveries_expected: count(&v, &["deliveries", "expected"])?,
-        deliveries_received: count(&v, &["deliveries", "received"])?,
-        missing: count(&v, &["deliveries", "missing"])?,
-        duplicated: count(&v, &["deliveries", "duplicated"])?,
-        out_of_order: count(&v, &["deliveries", "out_of_order"])?,
-        per_sec_expected: count(&v, &["deliveries", "per_sec_expected"])?,
-        per_sec_achieved: count(&v, &["deliveries", "per_sec_achieved"])?,
-        latency_p99_ms: count(&v, &["latency_ms", "p99"])?,
-        gateway_measured,
-        rss_before: count(&v, &["gateway", "rss_bytes_before_connect"])?,
-        rss_after: count(&v, &["gateway", "rss_bytes_after_connect"])?,
-        rss_end: count(&v, &["gateway", "rss_bytes_end"])?,
-        // May be negative in a noisy run (RSS fell); the caller rejects that.
-        rss_per_connection: number(&v, &["gateway", "rss_bytes_per_connection"])?,
-        rss_per_connection_marginal: number(&v, &["gateway", "rss_bytes_per_connection_marginal"])?,
-        cpu_seconds_measure: count(&v, &["gateway", "cpu_seconds_measure"])?,
-        cpu_seconds_per_million: count(&v, &["gateway", "cpu_seconds_per_million_deliveries"])?,
-        saturation_deliveries_per_sec: count(&v, &["saturation_deliveries_per_sec"])?,
-        passed: boolean(&v, &["passed"])?,
-    })
+    // `null` means "not measured", the same as an absent field.
+    drop_nulls(&mut v);
+    let r: RunResult = serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        describe(&path, &e.into_inner().to_string())
+    })?;
+    let m = measurement(&r);
+    check_ranges(&m)?;
+    Ok(m)
 }
 
-/// Walk `path`; `Ok(None)` when any step is missing or null.
-fn walk<'a>(v: &'a Value, path: &[&str]) -> Result<Option<&'a Value>, String> {
-    let mut cur = v;
-    for (i, key) in path.iter().enumerate() {
-        match cur {
-            Value::Object(m) => match m.get(*key) {
-                None | Some(Value::Null) => return Ok(None),
-                Some(next) => cur = next,
-            },
-            Value::Null => return Ok(None),
-            _ => return Err(format!("field `{}` is not an object", path[..i].join("."))),
+/// The result as `capacity` reads it.
+fn measurement(r: &RunResult) -> Measurement {
+    let f = |v: Option<u64>| v.map(|x| x as f64);
+    let z = |v: Option<usize>| v.map(|x| x as f64);
+    let g = r.gateway.as_ref();
+    let d = &r.deliveries;
+    Measurement {
+        schema: r.schema.clone(),
+        scenario: r.scenario.clone(),
+        duration_s: r.duration_s,
+        host_cores: z(r.host.cores),
+        host_mem_bytes: f(r.host.mem_bytes),
+        connections_target: z(r.connections.target),
+        established: z(r.connections.established),
+        subscribers_per_channel: f(r.config.subscribers_per_channel),
+        rate_events_per_sec: r.config.rate_events_per_sec,
+        gateway_shards: r.config.gateway_shards.map(f64::from),
+        deliveries_expected: f(d.expected),
+        deliveries_received: f(d.received),
+        missing: f(d.missing),
+        duplicated: f(d.duplicated),
+        out_of_order: f(d.out_of_order),
+        per_sec_expected: d.per_sec_expected,
+        per_sec_achieved: d.per_sec_achieved,
+        latency_p99_ms: r.latency_ms.p99,
+        gateway_measured: g.is_some(),
+        rss_before: f(g.and_then(|g| g.rss_bytes_before_connect)),
+        rss_after: f(g.and_then(|g| g.rss_bytes_after_connect)),
+        rss_end: f(g.and_then(|g| g.rss_bytes_end)),
+        // May be negative in a noisy run (RSS fell); the caller rejects that.
+        rss_per_connection: g.and_then(|g| g.rss_bytes_per_connection),
+        rss_per_connection_marginal: g.and_then(|g| g.rss_bytes_per_connection_marginal),
+        cpu_seconds_measure: g.and_then(|g| g.cpu_seconds_measure),
+        cpu_seconds_per_million: g.and_then(|g| g.cpu_seconds_per_million_deliveries),
+        saturation_deliveries_per_sec: r.saturation_deliveries_per_sec,
+        passed: r.passed,
+    }
+}
+
+/// What the types cannot say: sizes that must be above zero, and rates and times
+/// that must not be negative (counts are unsigned already).
+fn check_ranges(m: &Measurement) -> Result<(), String> {
+    for (field, v) in [
+        ("duration_s", m.duration_s),
+        ("host.cores", m.host_cores),
+        ("host.mem_bytes", m.host_mem_bytes),
+    ] {
+        if let Some(x) = v.filter(|x| *x <= 0.0) {
+            return Err(format!("field `{field}` must be above zero ({x})"));
         }
     }
-    Ok(Some(cur))
+    for (field, v) in [
+        ("config.rate_events_per_sec", m.rate_events_per_sec),
+        ("deliveries.per_sec_expected", m.per_sec_expected),
+        ("deliveries.per_sec_achieved", m.per_sec_achieved),
+        ("latency_ms.p99", m.latency_p99_ms),
+        ("gateway.cpu_seconds_measure", m.cpu_seconds_measure),
+        (
+            "gateway.cpu_seconds_per_million_deliveries",
+            m.cpu_seconds_per_million,
+        ),
+        (
+            "saturation_deliveries_per_sec",
+            m.saturation_deliveries_per_sec,
+        ),
+    ] {
+        if let Some(x) = v.filter(|x| *x < 0.0) {
+            return Err(format!("field `{field}` is negative ({x})"));
+        }
+    }
+    Ok(())
 }
 
-fn number(v: &Value, path: &[&str]) -> Result<Option<f64>, String> {
-    match walk(v, path)? {
-        None => Ok(None),
-        Some(x) => x
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .map(Some)
-            .ok_or_else(|| format!("field `{}` should be a number, found {x}", path.join("."))),
+/// The error for the field at `path`, from serde's message about it
+/// ("invalid type: string \"two\", expected usize").
+fn describe(path: &str, msg: &str) -> String {
+    if msg.contains("expected struct") || msg.contains("expected a map") {
+        return format!("field `{path}` is not an object");
+    }
+    let found_expected = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.rsplit_once(", expected "));
+    match found_expected {
+        Some((found, expected)) => format!("field `{path}` should be {expected}, found {found}"),
+        None => format!("field `{path}`: {msg}"),
     }
 }
 
-/// A number that must not be negative.
-fn count(v: &Value, path: &[&str]) -> Result<Option<f64>, String> {
-    match number(v, path)? {
-        Some(f) if f < 0.0 => Err(format!("field `{}` is negative ({f})", path.join("."))),
-        other => Ok(other),
-    }
-}
-
-/// A number that must be above zero.
-fn positive(v: &Value, path: &[&str]) -> Result<Option<f64>, String> {
-    match number(v, path)? {
-        Some(f) if f <= 0.0 => Err(format!(
-            "field `{}` must be above zero ({f})",
-            path.join(".")
-        )),
-        other => Ok(other),
-    }
-}
-
-fn string(v: &Value, path: &[&str]) -> Result<Option<String>, String> {
-    match walk(v, path)? {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(x) => Err(format!(
-            "field `{}` should be a string, found {x}",
-            path.join(".")
-        )),
-    }
-}
-
-fn boolean(v: &Value, path: &[&str]) -> Result<Option<bool>, String> {
-    match walk(v, path)? {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(x) => Err(format!(
-            "field `{}` should be true or false, found {x}",
-            path.join(".")
-        )),
+/// Remove every `null` member of every object, however deep.
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }
 

@@ -1,52 +1,10 @@
-//! The recommended shard count: the same rule as `xcord-gateway --shards auto`
-//! (`src/config.rs::auto_shards`), with the reasoning `xcord-tune` prints.
+//! The recommended shard count and the reasoning `xcord-tune` prints for it. The
+//! rule itself (`--shards auto`, the `--shards` flag and its range) is the
+//! gateway's own, from `xcord_common::host`, so the two cannot drift.
 
 use serde::Serialize;
-use std::str::FromStr;
 
-/// The rule in one line, as printed by `check` and `shards`.
-pub const RULE: &str =
-    "1 core -> 1 shard; 2-3 cores -> one shard per core; N >= 4 cores -> N - 1 shards";
-
-/// `xcord-gateway --shards auto` on a host with `cores` usable cores.
-pub fn auto_shards(cores: usize) -> usize {
-    match cores {
-        0 | 1 => 1,
-        2..=3 => cores,
-        n => n - 1,
-    }
-}
-
-/// A `--shards` value: `auto` or a count from 1 to 64 (the gateway's range).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShardsArg {
-    Auto,
-    Count(usize),
-}
-
-impl FromStr for ShardsArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.eq_ignore_ascii_case("auto") {
-            return Ok(ShardsArg::Auto);
-        }
-        s.parse::<usize>()
-            .ok()
-            .filter(|n| (1..=64).contains(n))
-            .map(ShardsArg::Count)
-            .ok_or_else(|| format!("expected a number from 1 to 64 or `auto`, got `{s}`"))
-    }
-}
-
-impl ShardsArg {
-    /// The shard count on a host with `cores` usable cores.
-    pub fn resolve(self, cores: usize) -> usize {
-        match self {
-            ShardsArg::Auto => auto_shards(cores),
-            ShardsArg::Count(n) => n,
-        }
-    }
-}
+pub use xcord_common::host::{auto_shards, Shards, AUTO_RULE as RULE, MAX_SHARDS};
 
 /// The choice for one host, with the reasons behind it.
 #[derive(Debug, Clone, Serialize)]
@@ -88,14 +46,28 @@ pub fn explain(cores: usize) -> Choice {
              gives the bus thread (on the path of every event: if it lags, Redis buffers \
              grow and shard inboxes back up) and the kernel's network work a core that no \
              pinned executor competes for, which keeps delivery latency steady: {n} - 1 = \
-             {shards} shards."
+             {}{}.",
+            n - 1,
+            if n - 1 > shards {
+                format!(", capped at {shards} shards")
+            } else {
+                " shards".to_string()
+            }
         )),
     }
+    if cores > MAX_SHARDS + 1 {
+        reasons.push(format!(
+            "The router addresses shards with a {MAX_SHARDS}-bit mask, so the gateway runs \
+             at most {MAX_SHARDS} shards: on {cores} cores it starts with {shards} and \
+             leaves {} cores to the bus thread, the kernel and the rest of the host.",
+            cores - shards
+        ));
+    }
     reasons.push(
-        "The gateway without --shards uses every usable core; --shards auto applies this \
-         rule. The systemd unit from `xcord-tune profile` passes XCORD_SHARDS explicitly \
-         and sets CPUAffinity to the shard cores plus the spare one, so the pinning and \
-         the rule agree."
+        "The gateway without --shards uses every usable core (at most 64); --shards \
+         auto applies this rule. The systemd unit from `xcord-tune profile` passes \
+         XCORD_SHARDS explicitly and sets CPUAffinity to the shard cores plus the spare \
+         one, so the pinning and the rule agree."
             .to_string(),
     );
     Choice {
@@ -124,14 +96,14 @@ mod tests {
 
     #[test]
     fn parses_the_flag() {
-        assert_eq!("auto".parse(), Ok(ShardsArg::Auto));
-        assert_eq!("AUTO".parse(), Ok(ShardsArg::Auto));
-        assert_eq!("4".parse(), Ok(ShardsArg::Count(4)));
-        assert!("0".parse::<ShardsArg>().is_err());
-        assert!("65".parse::<ShardsArg>().is_err());
-        assert!("x".parse::<ShardsArg>().is_err());
-        assert_eq!(ShardsArg::Auto.resolve(16), 15);
-        assert_eq!(ShardsArg::Count(4).resolve(16), 4);
+        assert_eq!("auto".parse(), Ok(Shards::Auto));
+        assert_eq!("AUTO".parse(), Ok(Shards::Auto));
+        assert_eq!("4".parse(), Ok(Shards::Count(4)));
+        assert!("0".parse::<Shards>().is_err());
+        assert!("65".parse::<Shards>().is_err());
+        assert!("x".parse::<Shards>().is_err());
+        assert_eq!(Shards::Auto.resolve(16), 15);
+        assert_eq!(Shards::Count(4).resolve(16), 4);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Small number helpers shared by every subcommand: thousands separators, binary
-//! byte sizes, byte-size and CPU-list parsing, integer rounding.
+//! byte sizes, CPU-list parsing, integer rounding. Byte sizes are parsed as every
+//! program of the workspace parses them, by `xcord_common::units::parse_bytes`.
 
 /// `1048576` → `1,048,576`.
 pub fn int(n: u64) -> String {
@@ -71,25 +72,6 @@ pub fn limit(n: u64) -> String {
     }
 }
 
-/// Bytes: a plain number, or with a k/KiB, m/MiB, g/GiB suffix (powers of 1024).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a byte size like 4096, 16KiB or 8MiB, got `{s}`"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("unknown size unit in `{s}` (use KiB, MiB or GiB)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("byte size `{s}` is too large"))
-}
-
 /// The number of CPUs in a list such as `0-3,8,10-11` (the kernel's cpulist format).
 pub fn cpu_list_len(s: &str) -> Result<usize, String> {
     let mut n = 0usize;
@@ -149,6 +131,7 @@ pub fn ceil_div(a: f64, b: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xcord_common::units::parse_bytes;
 
     #[test]
     fn formats() {

@@ -1,0 +1,227 @@
+//! Per-connection accounting of what arrives: each load-test event is read from the
+//! exact bytes the publisher wrote (a JSON parse only as the fallback) and counted
+//! once as a first receipt, a duplicate, out of order or unexpected, with its
+//! end-to-end latency. A connection keeps one bitmap of received `k` per channel it
+//! covers, and checks that the frames' top-level `seq` grows.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::Env;
+use crate::stats::record_latency;
+
+/// The fields of a load-test event's `lt` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lt {
+    pub run: u64,
+    pub seq: u64,
+    pub ch: u32,
+    pub k: u64,
+    pub step: u32,
+    pub t: u64,
+}
+
+fn take_u64(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let start = *pos;
+    let mut v: u64 = 0;
+    while let Some(d) = b.get(*pos).filter(|c| c.is_ascii_digit()) {
+        v = v.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+        *pos += 1;
+    }
+    (*pos > start).then_some(v)
+}
+
+fn expect_lit(b: &[u8], pos: &mut usize, lit: &[u8]) -> Option<()> {
+    if b.get(*pos..*pos + lit.len())? == lit {
+        *pos += lit.len();
+        Some(())
+    } else {
+        None
+    }
+}
+
+/// Find and read `"lt":{"run":R,"seq":S,"ch":C,"k":K,"s":ST,"t":T}` — the exact bytes
+/// we published, which the gateway forwards untouched. Falls back to a JSON parse.
+pub fn parse_lt(text: &str) -> Option<Lt> {
+    let b = text.as_bytes();
+    let at = memchr::memmem::find(b, b"\"lt\"")?;
+    let fast = (|| {
+        let mut p = at + 4;
+        expect_lit(b, &mut p, b":{\"run\":")?;
+        let run = take_u64(b, &mut p)?;
+        expect_lit(b, &mut p, b",\"seq\":")?;
+        let seq = take_u64(b, &mut p)?;
+        expect_lit(b, &mut p, b",\"ch\":")?;
+        let ch = take_u64(b, &mut p)?;
+        expect_lit(b, &mut p, b",\"k\":")?;
+        let k = take_u64(b, &mut p)?;
+        expect_lit(b, &mut p, b",\"s\":")?;
+        let step = take_u64(b, &mut p)?;
+        expect_lit(b, &mut p, b",\"t\":")?;
+        let t = take_u64(b, &mut p)?;
+        Some(Lt {
+            run,
+            seq,
+            ch: u32::try_from(ch).ok()?,
+            k,
+            step: u32::try_from(step).ok()?,
+            t,
+        })
+    })();
+    fast.or_else(|| {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let lt = v.get("payload")?.get("payload")?.get("lt")?;
+        let g = |k: &str| lt.get(k).and_then(|x| x.as_u64());
+        Some(Lt {
+            run: g("run")?,
+            seq: g("seq")?,
+            ch: u32::try_from(g("ch")?).ok()?,
+            k: g("k")?,
+            step: u32::try_from(g("s")?).ok()?,
+            t: g("t")?,
+        })
+    })
+}
+
+/// The `channel` of an EVENT frame (channel names never need escaping).
+fn event_channel(b: &[u8]) -> Option<&[u8]> {
+    let at = memchr::memmem::find(b, b"\"channel\":\"")? + 11;
+    let len = memchr::memchr(b'"', b.get(at..)?)?;
+    b.get(at..at + len)
+}
+
+/// The top-level `seq` of a frame that starts `{"type":"EVENT","seq":`.
+fn top_seq(b: &[u8]) -> Option<u64> {
+    const P: &[u8] = b"{\"type\":\"EVENT\",\"seq\":";
+    if b.starts_with(P) {
+        let mut p = P.len();
+        take_u64(b, &mut p)
+    } else {
+        None
+    }
+}
+
+struct Track {
+    ch: u32,
+    max_k: Option<u64>,
+    bits: Vec<u64>,
+}
+
+/// Per-connection accounting: one bitmap of received `k` per covered channel.
+pub struct Tracker {
+    tracks: Vec<Track>,
+    last_seq: Option<u64>,
+}
+
+/// Largest per-channel `k` we accept as plausible.
+const MAX_K: u64 = 1 << 32;
+
+impl Tracker {
+    pub fn new(tracked: &[u32]) -> Tracker {
+        Tracker {
+            tracks: tracked
+                .iter()
+                .map(|&ch| Track {
+                    ch,
+                    max_k: None,
+                    bits: Vec::new(),
+                })
+                .collect(),
+            last_seq: None,
+        }
+    }
+
+    /// A new connection: the gateway's `seq` is per node, but start the check afresh.
+    pub fn reset_seq(&mut self) {
+        self.last_seq = None;
+    }
+
+    /// Account for one text frame.
+    pub fn on_text(&mut self, text: &str, env: &Env) {
+        let c = &env.counters;
+        let b = text.as_bytes();
+        if let Some(seq) = top_seq(b) {
+            if self.last_seq.is_some_and(|last| seq <= last) {
+                c.seq_regressions.fetch_add(1, Relaxed);
+            }
+            self.last_seq = Some(seq);
+        }
+        let Some(ev) = parse_lt(text) else {
+            if memchr::memmem::find(b, b"\"type\":\"EVENT\"").is_some() {
+                c.other_events.fetch_add(1, Relaxed);
+            } else if memchr::memmem::find(b, b"\"type\":\"PONG\"").is_some() {
+                c.pongs.fetch_add(1, Relaxed);
+            }
+            return;
+        };
+        if ev.run != env.run_id {
+            c.stale.fetch_add(1, Relaxed);
+            return;
+        }
+        let now = env.clock.now_unix_ns();
+        c.received.fetch_add(1, Relaxed);
+        let Ok(idx) = self.tracks.binary_search_by_key(&ev.ch, |t| t.ch) else {
+            c.unexpected.fetch_add(1, Relaxed);
+            return;
+        };
+        if let Some(name) = event_channel(b) {
+            let want = env.plan.channel_names.get(ev.ch as usize);
+            if want.map(|w| w.as_bytes()) != Some(name) {
+                c.unexpected.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        if ev.k >= MAX_K {
+            c.unexpected.fetch_add(1, Relaxed);
+            return;
+        }
+        let tr = &mut self.tracks[idx];
+        let word = (ev.k / 64) as usize;
+        let bit = 1u64 << (ev.k % 64);
+        if tr.bits.len() <= word {
+            tr.bits.resize(word + 1, 0);
+        }
+        if tr.bits[word] & bit != 0 {
+            c.duplicated.fetch_add(1, Relaxed);
+            return;
+        }
+        tr.bits[word] |= bit;
+        c.distinct.fetch_add(1, Relaxed);
+        if let Some(a) = c.step_distinct.get(ev.step as usize) {
+            a.fetch_add(1, Relaxed);
+        }
+        match tr.max_k {
+            Some(m) if ev.k < m => {
+                c.out_of_order.fetch_add(1, Relaxed);
+            }
+            _ => tr.max_k = Some(ev.k),
+        }
+        record_latency(ev.step as usize, now.saturating_sub(ev.t) / 1000);
+        c.last_receive_ns
+            .fetch_max(env.clock.since_base_ns(now), Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lt_fast_and_slow() {
+        let frame = r#"{"type":"EVENT","seq":9,"payload":{"event":"lt.event","channel":"live:lt0:chat","payload":{"lt":{"run":7,"seq":3,"ch":0,"k":2,"s":1,"t":123456789},"pad":"xx"}}}"#;
+        let want = Lt {
+            run: 7,
+            seq: 3,
+            ch: 0,
+            k: 2,
+            step: 1,
+            t: 123456789,
+        };
+        assert_eq!(parse_lt(frame), Some(want));
+        assert_eq!(top_seq(frame.as_bytes()), Some(9));
+        assert_eq!(event_channel(frame.as_bytes()), Some(&b"live:lt0:chat"[..]));
+        // Re-serialised with spaces: the JSON fallback still reads it.
+        let spaced = r#"{"type": "EVENT", "payload": {"event": "x", "channel": "c", "payload": {"lt": {"t": 123456789, "run": 7, "seq": 3, "ch": 0, "k": 2, "s": 1}}}}"#;
+        assert_eq!(parse_lt(spaced), Some(want));
+        assert_eq!(parse_lt(r#"{"type":"PONG","payload":{}}"#), None);
+    }
+}
