@@ -571,3 +571,69 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+// ---- Helpers for tests that must fail with the feature broken (issue 12) ----
+
+/// Whether `line` of a Prometheus exposition is a sample (not `# HELP`/`# TYPE`)
+/// of what `prefix` names: the line starts with `prefix`, and the metric name in
+/// `prefix` is the whole name on the line (`xcord_redis_up` matches
+/// `xcord_redis_up 1`, never `xcord_redis_up_total 1`).
+pub fn is_sample_of(line: &str, prefix: &str) -> bool {
+    if line.starts_with('#') || !line.starts_with(prefix) {
+        return false;
+    }
+    let name_len = prefix.find(['{', ' ']).unwrap_or(prefix.len());
+    matches!(line.as_bytes().get(name_len), Some(b'{' | b' '))
+}
+
+/// Whether the exposition `body` has at least one sample line of `prefix`.
+pub fn has_sample(body: &str, prefix: &str) -> bool {
+    body.lines().any(|l| is_sample_of(l, prefix))
+}
+
+impl Gateway {
+    /// Like [`Gateway::metric`] (summed over the sample lines matching `prefix`),
+    /// but panics when no sample line matches: a renamed or missing metric fails
+    /// the test instead of reading as 0.
+    pub fn metric_exact(&self, prefix: &str) -> f64 {
+        let (status, body) = self.admin_get("/metrics");
+        assert_eq!(status, 200, "/metrics answered {status}");
+        let values: Vec<f64> = body
+            .lines()
+            .filter(|l| is_sample_of(l, prefix))
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("unparsable sample line {l:?}"))
+            })
+            .collect();
+        assert!(
+            !values.is_empty(),
+            "no sample line for `{prefix}` in /metrics:\n{body}"
+        );
+        values.iter().sum()
+    }
+}
+
+impl Client {
+    /// Read until a close frame arrives within `d` (messages before it are
+    /// skipped) and return its code; panics when none arrives by then.
+    pub fn expect_close_within(&mut self, d: Duration) -> Option<u16> {
+        let deadline = Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("no close within {d:?}");
+            }
+            self.set_timeout(left.max(Duration::from_millis(1)));
+            match self.next() {
+                Got::Closed(c) => {
+                    let _ = self.ws.get_ref().set_read_timeout(Some(Duration::from_secs(10)));
+                    return c;
+                }
+                Got::Msg(_) | Got::Timeout => continue,
+            }
+        }
+    }
+}
