@@ -238,7 +238,8 @@ fn malformed_subscribe_gets_bad_payload_alone() {
 fn hello_timeout_is_4009() {
     let gw = Gateway::start(&["--hello-timeout-ms", "300"]);
     let mut c = Client::connect(&gw);
-    assert_eq!(c.expect_close(), Some(4009));
+    // A deadline only the configured 300 ms can meet: the 10 s default cannot.
+    assert_eq!(c.expect_close_within(Duration::from_secs(3)), Some(4009));
 }
 
 #[test]
@@ -323,10 +324,10 @@ fn client_close_is_recorded_with_its_code() {
     let (c, _) = Client::hello(&gw, &token("alice", &[], &[]));
     c.close();
     assert!(eventually(Duration::from_secs(5), || gw
-        .metric("xcord_connections_closed_total{code=\"1000\"}")
+        .metric_exact("xcord_connections_closed_total{code=\"1000\"}")
         >= 1.0));
     assert!(eventually(Duration::from_secs(5), || gw
-        .metric("xcord_connections{")
+        .metric_exact("xcord_connections{")
         == 0.0));
 }
 
