@@ -84,7 +84,8 @@ pub const PUBSUB_POLL: Duration = Duration::from_secs(1);
 pub const COMMAND_QUEUE: usize = 100_000;
 /// Jobs written to Redis in one round trip.
 pub const COMMAND_BATCH: usize = 256;
-/// Presence changes queued to the presence thread; past it a change is counted lost.
+/// SET_PRESENCE changes queued to the presence thread past which one is dropped
+/// and counted (session starts and ends are never dropped).
 pub const PRESENCE_QUEUE: usize = 100_000;
 /// Presence changes written to Redis in one pipeline.
 pub const PRESENCE_BATCH: usize = 256;

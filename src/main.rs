@@ -1,6 +1,6 @@
 //! `xcord-gateway`: run a node, or print a development token (`xcord-gateway token`).
 
-use clap::Parser;
+use clap::Parser as _;
 
 /// mimalloc: per-thread free lists suit one allocating thread per shard, and it
 /// returns memory to the OS more readily than glibc's arenas (idle RSS per
@@ -12,7 +12,7 @@ use xcord_gateway::config::{Cli, Command, Config};
 
 fn main() {
     disable_transparent_huge_pages();
-    let cli = Cli::parse();
+    let cli = parse_cli();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("XCORD_LOG")
@@ -46,6 +46,24 @@ fn main() {
                 eprintln!("error: {e}");
                 std::process::exit(1);
             }
+        }
+    }
+}
+
+/// The command line, or exit: `--help`/`--version` print as clap does; a bad value
+/// is refused with one `error:` line (clap's hint line dropped) and exit code 2.
+fn parse_cli() -> Cli {
+    match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: bad arguments");
+            eprintln!("{line}");
+            std::process::exit(2);
         }
     }
 }

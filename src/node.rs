@@ -17,7 +17,7 @@ use tracing::{error, info};
 use crate::admin::{self, Admin};
 use crate::admission::Admission;
 use crate::auth::Verifier;
-use crate::bus::{Bus, Ctl, Inbox, ResumeLimits};
+use crate::bus::{Bus, Ctl, Inbox, RouterLimits};
 use crate::config::Config;
 use crate::limits::{INBOX_EVENTS, IO_MEMORY, LISTEN_BACKLOG, RING_DEPTH};
 use crate::metrics::Metrics;
@@ -87,13 +87,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new(n));
     let inboxes: Vec<Arc<Inbox>> = (0..n).map(|_| Arc::new(Inbox::new(INBOX_EVENTS))).collect();
     let (presence, presence_rx) = Presence::new(metrics.clone());
-    let limits = ResumeLimits {
+    let limits = RouterLimits {
         ring_bytes: if cfg.resume_window.is_zero() {
             0
         } else {
             cfg.replay_buffer_bytes.saturating_mul(n)
         },
-        max_replay_bytes: cfg.send_queue_bytes,
+        max_frame_bytes: cfg.send_queue_bytes,
+        max_sessions: cfg.max_connections,
     };
     let ender = presence.clone();
     let bus = Bus::start(

@@ -47,6 +47,12 @@ pub enum RouteOp {
         shard: u8,
         name: Box<str>,
     },
+    /// A shard applied (or gave up) a RESUME grant: the route the grant held
+    /// becomes the shard's own (its `Add`), or goes.
+    Release {
+        shard: u8,
+        name: Box<str>,
+    },
     /// A session whose connection ended uncleanly: keep it for the resume window.
     /// Queued before the shard's own `Remove`s, so its channels never stop being recorded.
     Park(Box<Detached>),
@@ -61,13 +67,17 @@ pub enum RouteOp {
     },
 }
 
-/// Limits the router applies to resumes.
+/// Limits the router applies.
 #[derive(Clone, Copy, Debug)]
-pub struct ResumeLimits {
+pub struct RouterLimits {
     /// Ring capacity in bytes (0 disables recording).
     pub ring_bytes: usize,
-    /// A replay larger than this is refused (it could only end in 4010).
-    pub max_replay_bytes: usize,
+    /// `--send-queue-bytes`: an event whose frame is larger is dropped
+    /// (`too_large`), and a replay larger than this is refused (it could only end
+    /// in 4010).
+    pub max_frame_bytes: usize,
+    /// Parked sessions kept at most (`--max-connections`).
+    pub max_sessions: usize,
 }
 
 /// `PUBLISH events:{channel} body`, as a backend does.
@@ -99,7 +109,7 @@ impl Bus {
         redis_url: Option<&str>,
         inboxes: Vec<Arc<Inbox>>,
         metrics: Arc<Metrics>,
-        limits: ResumeLimits,
+        limits: RouterLimits,
         session_ended: SessionEnded,
     ) -> Result<Arc<Bus>, String> {
         let (routes_tx, routes_rx) = crossbeam_channel::unbounded();
@@ -136,6 +146,14 @@ impl Bus {
 
     pub fn add_route(&self, shard: usize, name: &str) {
         let _ = self.routes.send(RouteOp::Add {
+            shard: shard as u8,
+            name: name.into(),
+        });
+    }
+
+    /// Give back the route a RESUME grant held for `name` on `shard`.
+    pub fn release_route(&self, shard: usize, name: &str) {
+        let _ = self.routes.send(RouteOp::Release {
             shard: shard as u8,
             name: name.into(),
         });

@@ -9,21 +9,34 @@
 //! inbox of every shard that wants it; the router never waits on a shard.
 
 use crossbeam_channel::Receiver;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::inbox::Inbox;
-use super::parked::{Grant, Parked, Resumed};
+use super::parked::{Detached, Grant, Parked, Resumed};
 use super::replay::{Floor, Ring};
-use super::{event, ResumeLimits, RouteOp, SessionEnded};
+use super::{event, RouteOp, RouterLimits, SessionEnded};
 use crate::channels::Trie;
 use crate::metrics::{DropReason, Metrics};
 
-/// The router-trie value for names held by detached sessions: not a shard, but
-/// events under it are still recorded in the replay ring.
-const PARKED: u8 = 63;
+/// The router-trie value for names held by parked sessions: outside the shard id
+/// space (at most 64 shards, ids 0..=63), so it never takes a shard's bit; events
+/// under it are still recorded in the replay ring.
+const PARKED: u8 = u8::MAX;
+
+/// A RESUME granted to a shard that has not applied the grant yet: the grant holds
+/// the route (name → shard) on its own, so the shard's own accounting (its last
+/// local holder of the name leaving meanwhile) cannot remove it under the grant.
+#[derive(Debug)]
+struct Pending {
+    /// Grants on this route not yet released by the shard.
+    grants: u32,
+    /// Whether the shard itself holds the name (its own Add/Remove).
+    shard_holds: bool,
+}
 
 /// The router: a channel-prefix trie from names to shard ids, the `seq` counter,
 /// and the resume state.
@@ -37,7 +50,9 @@ pub struct Router {
     metrics: Arc<Metrics>,
     ring: Ring,
     parked: Parked,
-    limits: ResumeLimits,
+    /// Routes held by grants, by name and shard (empty but while a RESUME is in flight).
+    pending: HashMap<Box<str>, Vec<(u8, Pending)>>,
+    limits: RouterLimits,
     /// Told when a parked session's window ends unresumed (presence may go offline).
     session_ended: SessionEnded,
 }
@@ -47,7 +62,7 @@ impl Router {
         inboxes: Vec<Arc<Inbox>>,
         routes: Receiver<RouteOp>,
         metrics: Arc<Metrics>,
-        limits: ResumeLimits,
+        limits: RouterLimits,
         session_ended: SessionEnded,
         stamped: Arc<AtomicU64>,
     ) -> Router {
@@ -59,7 +74,8 @@ impl Router {
             stamped,
             metrics,
             ring: Ring::new(limits.ring_bytes),
-            parked: Parked::default(),
+            parked: Parked::new(limits.max_sessions),
+            pending: HashMap::new(),
             limits,
             session_ended,
         }
@@ -75,15 +91,26 @@ impl Router {
 
     pub fn apply(&mut self, op: RouteOp) {
         match op {
-            RouteOp::Add { shard, name } => {
-                self.trie.insert(&name, shard);
-            }
-            RouteOp::Remove { shard, name } => {
-                self.trie.remove(&name, shard);
-            }
+            RouteOp::Add { shard, name } => match self.pending_mut(&name, shard) {
+                Some(p) => p.shard_holds = true,
+                None => {
+                    self.trie.insert(&name, shard);
+                }
+            },
+            RouteOp::Remove { shard, name } => match self.pending_mut(&name, shard) {
+                Some(p) => p.shard_holds = false,
+                None => {
+                    self.trie.remove(&name, shard);
+                }
+            },
+            RouteOp::Release { shard, name } => self.release_grant(&name, shard),
             RouteOp::Park(d) => {
-                for n in self.parked.park(*d) {
+                let parking = self.parked.park(*d);
+                for n in parking.first {
                     self.trie.insert(&n, PARKED);
+                }
+                for d in parking.dropped {
+                    self.end_parked(d);
                 }
             }
             RouteOp::Resume {
@@ -107,7 +134,7 @@ impl Router {
     }
 
     fn resume(&mut self, session_id: &str, user: &str, seq: u64, shard: u8) -> Option<Resumed> {
-        let d = self.parked.sessions.get(session_id)?;
+        let d = self.parked.get(session_id)?;
         // Nothing at or below every name's floor can be wanted: a resume from an
         // older `seq` needs the ring to reach back only that far.
         let from = d
@@ -135,13 +162,14 @@ impl Router {
             held
         });
         let bytes: usize = replay.iter().map(|e| e.frame.len()).sum();
-        if bytes > self.limits.max_replay_bytes {
+        if bytes > self.limits.max_frame_bytes {
             return None;
         }
-        let d = self.parked.sessions.remove(session_id)?;
+        let d = self.parked.take(session_id)?;
         // The new shard's routes go in before the next event is routed: the seam.
+        // The grant holds them until the shard has applied it (`Release`).
         for n in d.names() {
-            self.trie.insert(n, shard);
+            self.hold_for_grant(n, shard);
         }
         for n in self.parked.release(&d) {
             self.trie.remove(&n, PARKED);
@@ -155,11 +183,66 @@ impl Router {
 
     fn expire(&mut self, now: Instant) {
         for d in self.parked.expired(now) {
-            for n in self.parked.release(&d) {
-                self.trie.remove(&n, PARKED);
-            }
-            // The session is over: now the user may go offline.
-            (self.session_ended)(&d.claims.sub);
+            self.end_parked(d);
+        }
+    }
+
+    /// A parked session's window ended (or it was dropped to make room).
+    fn end_parked(&mut self, d: Detached) {
+        for n in self.parked.release(&d) {
+            self.trie.remove(&n, PARKED);
+        }
+        // The session is over: now the user may go offline.
+        (self.session_ended)(&d.claims.sub);
+    }
+
+    fn pending_mut(&mut self, name: &str, shard: u8) -> Option<&mut Pending> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        self.pending
+            .get_mut(name)?
+            .iter_mut()
+            .find(|(s, _)| *s == shard)
+            .map(|(_, p)| p)
+    }
+
+    /// A grant routes `name` to `shard` until the shard releases it.
+    fn hold_for_grant(&mut self, name: &str, shard: u8) {
+        if let Some(p) = self.pending_mut(name, shard) {
+            p.grants += 1;
+            return;
+        }
+        let shard_holds = self.trie.contains(name, shard);
+        self.trie.insert(name, shard);
+        self.pending.entry(name.into()).or_default().push((
+            shard,
+            Pending {
+                grants: 1,
+                shard_holds,
+            },
+        ));
+    }
+
+    /// The shard applied (or gave up) a grant: the route stays only if the shard
+    /// holds the name itself.
+    fn release_grant(&mut self, name: &str, shard: u8) {
+        let Some(list) = self.pending.get_mut(name) else {
+            return;
+        };
+        let Some(i) = list.iter().position(|(s, _)| *s == shard) else {
+            return;
+        };
+        list[i].1.grants -= 1;
+        if list[i].1.grants > 0 {
+            return;
+        }
+        let (_, p) = list.swap_remove(i);
+        if list.is_empty() {
+            self.pending.remove(name);
+        }
+        if !p.shard_holds {
+            self.trie.remove(name, shard);
         }
     }
 
@@ -177,18 +260,29 @@ impl Router {
                 return;
             }
         };
+        if ev.frame.len() > self.limits.max_frame_bytes {
+            // It could only close every subscriber 4010 (SPEC §5): drop it once, here.
+            self.seq -= 1;
+            self.metrics.bus.dropped(DropReason::TooLarge);
+            return;
+        }
         self.stamped.store(self.seq, Relaxed);
         let mut mask: u64 = 0;
-        self.trie
-            .for_each_covering(&ev.channel, |shard| mask |= 1u64 << shard);
-        if mask == 0 {
+        let mut parked = false;
+        self.trie.for_each_covering(&ev.channel, |v| {
+            if v == PARKED {
+                parked = true;
+            } else {
+                mask |= 1u64 << v;
+            }
+        });
+        if mask == 0 && !parked {
             return;
         }
         let ev = Arc::new(ev);
         if self.limits.ring_bytes > 0 {
             self.ring.push(ev.clone(), mask);
         }
-        mask &= !(1u64 << PARKED);
         while mask != 0 {
             let shard = mask.trailing_zeros() as usize;
             mask &= mask - 1;
@@ -198,5 +292,197 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Claims;
+    use crate::bus::Item;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    struct Fixture {
+        router: Router,
+        inboxes: Vec<Arc<Inbox>>,
+        ended: Arc<Mutex<Vec<String>>>,
+    }
+
+    fn fixture(shards: usize, max_frame_bytes: usize, max_sessions: usize) -> Fixture {
+        let inboxes: Vec<Arc<Inbox>> = (0..shards).map(|_| Arc::new(Inbox::new(1024))).collect();
+        let (_tx, rx) = crossbeam_channel::unbounded();
+        let ended = Arc::new(Mutex::new(Vec::new()));
+        let e = ended.clone();
+        let router = Router::new(
+            inboxes.clone(),
+            rx,
+            Arc::new(Metrics::new(shards)),
+            RouterLimits {
+                ring_bytes: 1 << 20,
+                max_frame_bytes,
+                max_sessions,
+            },
+            Box::new(move |u: &str| e.lock().unwrap().push(u.to_owned())),
+            Arc::new(AtomicU64::new(0)),
+        );
+        Fixture {
+            router,
+            inboxes,
+            ended,
+        }
+    }
+
+    fn events(inbox: &Inbox) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(item) = inbox.pop() {
+            if let Item::Event(e) = item {
+                out.push(e.seq);
+            }
+        }
+        out
+    }
+
+    fn add(f: &mut Fixture, shard: u8, name: &str) {
+        f.router.apply(RouteOp::Add {
+            shard,
+            name: name.into(),
+        });
+    }
+
+    const BODY: &[u8] = br#"{"type":"t","payload":{}}"#;
+
+    fn parked(id: &str, user: &str, names: &[&str]) -> Box<Detached> {
+        Box::new(Detached {
+            session_id: id.into(),
+            claims: Claims::new(user, &[], &[], 60),
+            auto_sub: format!("user:{user}"),
+            floor: Floor::default(),
+            subs: names
+                .iter()
+                .map(|n| (n.to_string(), Floor::default()))
+                .collect(),
+            expires: Instant::now() + Duration::from_secs(60),
+        })
+    }
+
+    /// Issue 12 defect 2: the parked marker was bit 63 of the shard mask, so on a
+    /// 64-shard node shard 63 never got an event.
+    #[test]
+    fn shard_63_of_64_gets_its_events_with_parked_sessions_around() {
+        let mut f = fixture(64, 1 << 20, 100);
+        add(&mut f, 63, "live:a");
+        add(&mut f, 0, "live:a");
+        f.router.apply(RouteOp::Park(parked("p", "u", &["live:a"])));
+        f.router.route(b"live:a", BODY);
+        assert_eq!(events(&f.inboxes[63]), vec![1]);
+        assert_eq!(events(&f.inboxes[0]), vec![1]);
+        // Parked alone still records (in the ring) without reaching a shard.
+        f.router.apply(RouteOp::Park(parked("q", "v", &["live:b"])));
+        f.router.route(b"live:b", BODY);
+        assert!(f.inboxes.iter().all(|i| events(i).is_empty()));
+        assert_eq!(f.router.ring.after(0, |_, _| true).len(), 2);
+    }
+
+    /// Issue 12 defect 4: a RESUME granted to shard 0 must keep its routes until
+    /// the shard applies the grant, even if the shard's last local holder of a
+    /// name leaves in between.
+    #[test]
+    fn a_grant_holds_its_routes_until_the_shard_releases_them() {
+        let mut f = fixture(2, 1 << 20, 100);
+        add(&mut f, 0, "live:a"); // another connection on shard 0 holds it
+        f.router
+            .apply(RouteOp::Park(parked("s1", "u", &["live:a"])));
+        f.router.apply(RouteOp::Resume {
+            session_id: "s1".into(),
+            user: "u".into(),
+            seq: 0,
+            shard: 0,
+            conn_key: 1,
+            conn_id: 1,
+        });
+        // The other holder leaves before the grant is applied.
+        f.router.apply(RouteOp::Remove {
+            shard: 0,
+            name: "live:a".into(),
+        });
+        f.router.route(b"live:a", BODY);
+        assert_eq!(
+            events(&f.inboxes[0]),
+            vec![1],
+            "the grant's route still delivers"
+        );
+        // The shard applies the grant: subscribes (its own Add), then releases.
+        add(&mut f, 0, "live:a");
+        f.router.apply(RouteOp::Release {
+            shard: 0,
+            name: "live:a".into(),
+        });
+        f.router.apply(RouteOp::Release {
+            shard: 0,
+            name: "user:u".into(),
+        });
+        f.router.route(b"live:a", BODY);
+        assert_eq!(events(&f.inboxes[0]), vec![2]);
+        // The session's connection leaves: the route goes.
+        f.router.apply(RouteOp::Remove {
+            shard: 0,
+            name: "live:a".into(),
+        });
+        f.router.route(b"live:a", BODY);
+        assert!(events(&f.inboxes[0]).is_empty());
+        assert!(f.router.pending.is_empty());
+        // Released without the shard holding it: gone too.
+        f.router
+            .apply(RouteOp::Park(parked("s2", "w", &["live:c"])));
+        f.router.apply(RouteOp::Resume {
+            session_id: "s2".into(),
+            user: "w".into(),
+            seq: 0,
+            shard: 1,
+            conn_key: 2,
+            conn_id: 2,
+        });
+        f.router.apply(RouteOp::Release {
+            shard: 1,
+            name: "live:c".into(),
+        });
+        f.router.route(b"live:c", BODY);
+        assert!(events(&f.inboxes[1]).is_empty());
+    }
+
+    /// Issue 12 defect 8: one oversized event is dropped once, at the bus.
+    #[test]
+    fn an_event_larger_than_a_send_queue_is_dropped_once_and_counted() {
+        let mut f = fixture(1, 4096, 100);
+        add(&mut f, 0, "live:a");
+        let big = format!(r#"{{"type":"t","payload":"{}"}}"#, "x".repeat(5000));
+        f.router.route(b"live:a", big.as_bytes());
+        f.router.route(b"live:a", BODY);
+        assert_eq!(
+            events(&f.inboxes[0]),
+            vec![1],
+            "seq is not spent on the dropped one"
+        );
+        assert_eq!(
+            f.router.metrics.bus.dropped[DropReason::TooLarge as usize].load(Relaxed),
+            1
+        );
+    }
+
+    /// Issue 12 defect 5: sessions dropped to make room end like expired ones.
+    #[test]
+    fn a_session_dropped_for_room_ends_and_releases_its_names() {
+        let mut f = fixture(1, 1 << 20, 2);
+        f.router
+            .apply(RouteOp::Park(parked("a", "ua", &["live:a"])));
+        f.router
+            .apply(RouteOp::Park(parked("b", "ub", &["live:b"])));
+        f.router
+            .apply(RouteOp::Park(parked("c", "uc", &["live:c"])));
+        assert_eq!(*f.ended.lock().unwrap(), vec!["ua".to_string()]);
+        assert!(!f.router.trie.covers("live:a:x"));
+        assert!(f.router.trie.covers("live:b"));
+        assert_eq!(f.router.parked.len(), 2);
     }
 }

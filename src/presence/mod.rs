@@ -1,36 +1,30 @@
-//! Presence and its Redis layout (SPEC §6, the design document's keys exactly).
+//! Presence (SPEC §6): who is online, kept in Redis with the design document's
+//! keys, and every change broadcast.
 //!
-//! One `xcord-presence` thread per node owns presence: shards tell it (over a
-//! bounded queue, never waiting) when a session starts or ends and when a user sets
-//! a status; it keeps the node's user → local-session-count map, and with `--redis`
-//! it is the only writer of the presence keys:
-//!
-//! * `presence:{u}` HASH `status`, `last_seen` — the design document's hash;
-//! * `presence:{u}:alive` — `SETEX TTL 1`, refreshed for every user with a live
-//!   session here every TTL/3 in one pipeline (never per PING);
-//! * `server:{sid}:online` SET — the user while online, for each of the user's
-//!   servers (claim ∪ `user:{u}:servers`, remembered in `presence:{u}:servers` so
-//!   that whoever writes offline removes exactly what was added);
-//! * `presence:{u}:sessions` HASH node-id → sessions of `u` on that node, and
-//!   `xcord:node:{id}` (`SETEX TTL`) — a node's liveness; a node counts only its
-//!   own field, so two nodes never race: one Lua script (`SYNC`) sets this node's
-//!   count and decides online/offline from the sum over live nodes, atomically;
-//! * `xcord:presence:expiry` ZSET user → when the alive key lapses: the sweep's index.
-//!
-//! A node that dies stops refreshing; within TTL + `--presence-sweep-seconds` every
-//! live node's sweep sees the lapsed users, and the `CLAIM` script lets exactly one
-//! of them (the first; the script flips the status) write offline and broadcast.
-//! A starting node sweeps at once. After Redis comes back (empty or not) the node
-//! re-asserts every local user with `SYNC`.
+//! One `xcord-presence` thread per node owns it (`worker.rs`): shards tell it, over
+//! a queue that never blocks them, when a session starts or ends and when a user
+//! sets a status — they hand it user ids and claims, never connections. With
+//! `--redis` it is the node's only writer of the presence keys (`store.rs`, layout
+//! there): each node writes only its own count of a user's sessions, and one Lua
+//! script per decision (`scripts.rs`) flips the status atomically — online at the
+//! first session anywhere, offline when the sum reaches zero. Alive keys of every
+//! user with a session here are refreshed every TTL/3 in one pipeline (never per
+//! PING). A node that dies stops refreshing; within TTL + `--presence-sweep-seconds`
+//! every live node's sweep sees the lapsed users, and the `CLAIM` script lets
+//! exactly one of them write offline and broadcast. A starting node sweeps at once.
+//! After Redis was unreachable, restarted or restored, the node's own view replaces
+//! what Redis holds for it, zeros included.
 //!
 //! Without `--redis` presence lives in this thread alone: online at a user's first
 //! session, offline at the last, broadcast on the in-process bus.
 //!
 //! Every change is published as `server.member.presence {serverId, userId,
 //! presence}` on `server:{sid}` for each of the user's servers and once as
-//! `user.presence {userId, presence}` on `user:{u}:presence`.
+//! `user.presence {userId, presence}` on `user:{u}:presence`; a SET_PRESENCE that
+//! does not change the status publishes nothing.
 
 mod scripts;
+mod store;
 mod worker;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -56,31 +50,48 @@ pub enum Change {
     End {
         user: String,
     },
+    /// SET_PRESENCE, with the servers the session's claims name.
     Set {
         user: String,
         status: String,
+        servers: Vec<String>,
     },
 }
 
 /// What shards and the bus router hold to tell presence about sessions. It knows
-/// users and claims, never connections; a change it cannot queue is counted
-/// (`publish_failed`) and never waits.
+/// users and claims, never connections, and never waits. Session starts and ends
+/// are never dropped — a lost one would skew the node's count of a user for good
+/// (they are bounded by connections anyway); a SET_PRESENCE past
+/// `PRESENCE_QUEUE` queued changes is dropped and counted (`publish_failed`).
 #[derive(Clone)]
 pub struct Presence {
     tx: Sender<Change>,
     metrics: Arc<Metrics>,
+    soft_cap: usize,
 }
 
 impl Presence {
     /// The handle, and the queue the presence thread will read (made before the
     /// bus: the router ends parked sessions through it).
     pub fn new(metrics: Arc<Metrics>) -> (Presence, Receiver<Change>) {
-        let (tx, rx) = crossbeam_channel::bounded(PRESENCE_QUEUE);
-        (Presence { tx, metrics }, rx)
+        Self::with_cap(metrics, PRESENCE_QUEUE)
+    }
+
+    fn with_cap(metrics: Arc<Metrics>, soft_cap: usize) -> (Presence, Receiver<Change>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (
+            Presence {
+                tx,
+                metrics,
+                soft_cap,
+            },
+            rx,
+        )
     }
 
     fn send(&self, c: Change) -> bool {
-        let ok = self.tx.try_send(c).is_ok();
+        let droppable = matches!(c, Change::Set { .. });
+        let ok = !(droppable && self.tx.len() >= self.soft_cap) && self.tx.send(c).is_ok();
         if !ok {
             self.metrics.bus.dropped(DropReason::PublishFailed);
         }
@@ -105,11 +116,12 @@ impl Presence {
         })
     }
 
-    /// SET_PRESENCE.
-    pub fn set_status(&self, user: &str, status: &str) {
+    /// SET_PRESENCE by a session with these claims.
+    pub fn set_status(&self, claims: &Claims, status: &str) {
         self.send(Change::Set {
-            user: user.to_owned(),
+            user: claims.sub.clone(),
             status: status.to_owned(),
+            servers: claims.servers.clone(),
         });
     }
 }
@@ -135,4 +147,37 @@ pub fn start(settings: Settings, rx: Receiver<Change>, bus: Arc<Bus>) -> Result<
         .spawn(move || worker::Worker::new(settings, client, bus).run(rx))
         .map(|_| ())
         .map_err(|e| format!("cannot start the presence thread: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 (smaller ones): a full queue used to drop session ends, leaving
+    /// the node's count of the user above zero for good.
+    #[test]
+    fn a_full_queue_drops_status_changes_never_session_ends() {
+        let metrics = Arc::new(Metrics::new(1));
+        let (p, rx) = Presence::with_cap(metrics.clone(), 2);
+        let claims = Claims::new("u", &[], &[], 60);
+        for _ in 0..5 {
+            p.set_status(&claims, "idle");
+        }
+        assert!(p.ended("u"), "a session end is always queued");
+        drop(p.started(&claims));
+        let kinds: Vec<&str> = rx
+            .try_iter()
+            .map(|c| match c {
+                Change::Start { .. } => "start",
+                Change::End { .. } => "end",
+                Change::Set { .. } => "set",
+            })
+            .collect();
+        assert_eq!(kinds, vec!["set", "set", "end", "start"]);
+        assert_eq!(
+            metrics.bus.dropped[DropReason::PublishFailed as usize]
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+    }
 }

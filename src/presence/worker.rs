@@ -1,36 +1,38 @@
 //! The `xcord-presence` thread: the node's user → local-session-count map, and with
-//! `--redis` the only writer of the presence keys. Changes queued meanwhile are
-//! written in one pipeline; alive keys are refreshed every TTL/3 in one pipeline;
-//! the sweep claims users whose alive key lapsed. Without Redis it decides
-//! online/offline from the local counts alone.
+//! `--redis` the only writer of the presence keys (`store.rs`). Changes queued
+//! meanwhile are written together (coalesced per user: a connect and disconnect in
+//! one batch never flaps the user); alive keys are refreshed every TTL/3 in one
+//! pipeline; the sweep claims users whose alive key lapsed. After Redis was
+//! unreachable (or restored from a snapshot), the node's whole view replaces what
+//! Redis holds for it, zeros included, before anything else. Without Redis it
+//! decides online/offline from the local counts alone.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use redis::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
-use super::scripts::{CLAIM, SET, SYNC};
+use super::store::{Broadcast, Store, SyncOp};
 use super::{Change, Settings};
 use crate::bus::Bus;
-use crate::limits::{PRESENCE_BATCH, SWEEP_BATCH};
-use crate::link;
+use crate::limits::PRESENCE_BATCH;
 use crate::throttle::Throttle;
 
+/// One user's sessions on this node.
 struct Local {
     sessions: u32,
+    /// The servers the claims of its sessions name (since the first of them).
     servers: Vec<String>,
+    /// The last status (decisions without Redis).
+    status: String,
 }
 
 pub(super) struct Worker {
     s: Settings,
-    client: Option<redis::Client>,
-    con: Option<redis::Connection>,
-    /// Redis was unreachable at some point: write the whole local state again.
-    reassert: bool,
-    /// SYNCs to write in the next pipeline: (user, this node's count, servers).
-    pending: Vec<(String, u32, Vec<String>)>,
+    store: Option<Store>,
+    /// This node's new counts, one per user, to write in the next batch.
+    pending: Vec<SyncOp>,
     /// Session starts to acknowledge once `pending` is written.
     dones: Vec<futures_channel::oneshot::Sender<()>>,
     local: HashMap<String, Local>,
@@ -38,45 +40,12 @@ pub(super) struct Worker {
     warn_log: Throttle,
 }
 
-fn now_unix() -> u64 {
-    xcord_common::clock::unix_secs()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    match v {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|i| match i {
-                Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-                Value::SimpleString(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Decode `{code, servers}` from SYNC/CLAIM.
-fn verdict(v: &Value) -> (i64, Vec<String>) {
-    match v {
-        Value::Array(items) => {
-            let code = match items.first() {
-                Some(Value::Int(i)) => *i,
-                _ => 0,
-            };
-            (code, items.get(1).map(strings).unwrap_or_default())
-        }
-        _ => (0, Vec::new()),
-    }
-}
-
 impl Worker {
     pub(super) fn new(s: Settings, client: Option<redis::Client>, bus: Arc<Bus>) -> Worker {
+        let store = client.map(|c| Store::new(c, s.node_id.clone(), s.ttl));
         Worker {
             s,
-            client,
-            con: None,
-            reassert: false,
+            store,
             pending: Vec::new(),
             dones: Vec::new(),
             local: HashMap::new(),
@@ -93,7 +62,6 @@ impl Worker {
             let next = next_refresh.min(next_sweep);
             match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(c) => {
-                    // Everything queued meanwhile is written in one pipeline.
                     self.apply(c);
                     for _ in 1..PRESENCE_BATCH {
                         match rx.try_recv() {
@@ -101,7 +69,7 @@ impl Worker {
                             Err(_) => break,
                         }
                     }
-                    self.flush_syncs();
+                    self.flush();
                     for d in self.dones.drain(..) {
                         let _ = d.send(());
                     }
@@ -109,7 +77,7 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            if self.client.is_none() {
+            if self.store.is_none() {
                 next_refresh = Instant::now() + Duration::from_secs(3600);
                 next_sweep = next_refresh;
                 continue;
@@ -126,38 +94,98 @@ impl Worker {
         }
     }
 
-    fn warn(&mut self, what: &str, e: &str) {
+    fn warn(&self, what: &str, e: &redis::RedisError) {
         if self.warn_log.ready() {
             warn!("presence: {what}: {e}");
         }
     }
 
-    /// The Redis connection, (re)connecting when needed; re-asserts after a gap.
-    fn con(&mut self) -> Option<&mut redis::Connection> {
-        if self.con.is_none() {
-            let client = self.client.as_ref()?;
-            match link::connect(client) {
-                Ok(c) => {
-                    self.con = Some(c);
-                    if self.reassert {
-                        self.reassert = false;
-                        self.reassert_all();
-                    }
-                }
-                Err(e) => {
-                    self.reassert = true;
-                    self.warn("redis unreachable", &e.to_string());
+    /// The Redis store, connected, with the node's view re-asserted after a gap.
+    fn store(&mut self) -> Option<&mut Store> {
+        let connected = self.store.as_mut()?.connect();
+        match connected {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = self.reassert() {
+                    self.fail("re-asserting after a Redis gap", &e);
                     return None;
                 }
             }
+            Err(e) => {
+                self.fail("redis unreachable", &e);
+                return None;
+            }
         }
-        self.con.as_mut()
+        self.store.as_mut()
     }
 
-    fn failed(&mut self, e: redis::RedisError) {
-        self.warn("redis command failed", &e.to_string());
-        self.con = None;
-        self.reassert = true;
+    fn fail(&mut self, what: &str, e: &redis::RedisError) {
+        self.warn(what, e);
+        if let Some(s) = self.store.as_mut() {
+            s.failed();
+        }
+    }
+
+    /// Replace what Redis holds for this node by its own view: every local user's
+    /// count, and zero for every user Redis thinks this node holds and it does not.
+    fn reassert(&mut self) -> redis::RedisResult<()> {
+        let Some(store) = self.store.as_mut() else {
+            return Ok(());
+        };
+        let stale = store.node_users()?;
+        let mut ops: Vec<SyncOp> = self
+            .local
+            .iter()
+            .map(|(u, l)| SyncOp {
+                user: u.clone(),
+                count: l.sessions,
+                servers: l.servers.clone(),
+            })
+            .collect();
+        ops.extend(
+            stale
+                .into_iter()
+                .filter(|u| !self.local.contains_key(u))
+                .map(|user| SyncOp {
+                    user,
+                    count: 0,
+                    servers: Vec::new(),
+                }),
+        );
+        if !ops.is_empty() {
+            info!(
+                users = ops.len(),
+                "presence: replacing what Redis holds for this node after a gap"
+            );
+        }
+        store.refresh(self.local.keys())?;
+        let mut out = Vec::new();
+        for chunk in ops.chunks(PRESENCE_BATCH) {
+            out.extend(store.sync(chunk)?);
+        }
+        // What was queued is part of the view just written.
+        self.pending.clear();
+        self.publish(out);
+        Ok(())
+    }
+
+    /// Queue this node's new count of `user` (one op per user per batch).
+    fn queue(&mut self, user: &str) {
+        let (count, servers) = match self.local.get(user) {
+            Some(l) => (l.sessions, l.servers.clone()),
+            None => (0, Vec::new()),
+        };
+        match self.pending.iter_mut().find(|o| o.user == user) {
+            Some(o) => {
+                o.count = count;
+                o.servers = servers;
+            }
+            None => self.pending.push(SyncOp {
+                user: user.to_owned(),
+                count,
+                servers,
+            }),
+        }
     }
 
     fn apply(&mut self, c: Change) {
@@ -170,257 +198,147 @@ impl Worker {
                 if let Some(d) = done {
                     self.dones.push(d);
                 }
-                let entry = self.local.entry(user.clone()).or_insert(Local {
+                let l = self.local.entry(user.clone()).or_insert_with(|| Local {
                     sessions: 0,
                     servers: Vec::new(),
+                    status: "online".into(),
                 });
-                entry.sessions += 1;
+                l.sessions += 1;
                 for s in servers {
-                    if !entry.servers.contains(&s) {
-                        entry.servers.push(s);
+                    if !l.servers.contains(&s) {
+                        l.servers.push(s);
                     }
                 }
-                let (count, servers) = (entry.sessions, entry.servers.clone());
-                if self.client.is_none() {
-                    if count == 1 {
-                        self.broadcast(&user, &servers, "online");
-                    }
-                } else {
-                    self.pending.push((user, count, servers));
+                if self.store.is_some() {
+                    self.queue(&user);
+                } else if l.sessions == 1 {
+                    let b = Broadcast {
+                        user,
+                        servers: l.servers.clone(),
+                        status: "online".into(),
+                    };
+                    self.publish(vec![b]);
                 }
             }
             Change::End { user } => {
-                let Some(entry) = self.local.get_mut(&user) else {
+                let Some(l) = self.local.get_mut(&user) else {
                     return;
                 };
-                entry.sessions = entry.sessions.saturating_sub(1);
-                let (count, servers) = (entry.sessions, entry.servers.clone());
-                if count == 0 {
-                    self.local.remove(&user);
-                }
-                if self.client.is_none() {
-                    if count == 0 {
-                        self.broadcast(&user, &servers, "offline");
+                l.sessions = l.sessions.saturating_sub(1);
+                if l.sessions > 0 {
+                    if self.store.is_some() {
+                        self.queue(&user);
                     }
+                    return;
+                }
+                let servers = self
+                    .local
+                    .remove(&user)
+                    .map(|l| l.servers)
+                    .unwrap_or_default();
+                if self.store.is_some() {
+                    self.queue(&user);
                 } else {
-                    self.pending.push((user, count, servers));
+                    self.publish(vec![Broadcast {
+                        user,
+                        servers,
+                        status: "offline".into(),
+                    }]);
                 }
             }
-            Change::Set { user, status } => {
-                self.flush_syncs(); // keep the order of changes
-                if self.client.is_none() {
-                    let servers = self
-                        .local
-                        .get(&user)
-                        .map(|l| l.servers.clone())
-                        .unwrap_or_default();
-                    self.broadcast(&user, &servers, &status);
-                    return;
-                }
-                let now = now_unix().to_string();
-                let r = match self.con() {
-                    Some(con) => redis::Script::new(SET)
-                        .arg(&user)
-                        .arg(&status)
-                        .arg(&now)
-                        .invoke::<Value>(con),
-                    None => return,
-                };
-                match r {
-                    Ok(v) => {
-                        let servers = strings(&v);
-                        self.broadcast(&user, &servers, &status);
-                    }
-                    Err(e) => self.failed(e),
-                }
-            }
+            Change::Set {
+                user,
+                status,
+                servers,
+            } => self.set(user, status, servers),
         }
     }
 
-    /// Run the queued SYNCs in one pipeline (EVALSHA; the script is loaded first if
-    /// this connection has not seen it), then broadcast what changed.
-    fn flush_syncs(&mut self) {
+    /// SET_PRESENCE: published only when the status changes.
+    fn set(&mut self, user: String, status: String, servers: Vec<String>) {
+        if self.store.is_none() {
+            let Some(l) = self.local.get_mut(&user) else {
+                return;
+            };
+            if l.status == status {
+                return;
+            }
+            l.status = status.clone();
+            self.publish(vec![Broadcast {
+                user,
+                servers,
+                status,
+            }]);
+            return;
+        }
+        self.flush(); // keep the order of changes
+        let Some(store) = self.store() else { return };
+        match store.set(&user, &status, &servers) {
+            Ok(Some(b)) => self.publish(vec![b]),
+            Ok(None) => {}
+            Err(e) => self.fail("SET_PRESENCE", &e),
+        }
+    }
+
+    /// Write the queued counts; what cannot be written now is re-asserted after
+    /// the gap.
+    fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
         let ops = std::mem::take(&mut self.pending);
-        let now = now_unix().to_string();
-        let ttl = self.s.ttl.as_secs().max(1).to_string();
-        let node = self.s.node_id.clone();
-        let script = redis::Script::new(SYNC);
-        let mut pipe = redis::pipe();
-        for (user, count, servers) in &ops {
-            let c = pipe
-                .cmd("EVALSHA")
-                .arg(script.get_hash())
-                .arg(0)
-                .arg(user)
-                .arg(&node)
-                .arg(*count)
-                .arg(&now)
-                .arg(&ttl);
-            for s in servers {
-                c.arg(s);
-            }
-        }
-        let r = match self.con() {
-            Some(con) => match script.load(con) {
-                Ok(_) => pipe.query::<Vec<Value>>(con),
-                Err(e) => Err(e),
-            },
-            None => return,
-        };
-        match r {
-            Ok(values) => {
-                for ((user, _, _), v) in ops.iter().zip(values.iter()) {
-                    match verdict(v) {
-                        (1, servers) => self.broadcast(user, &servers, "online"),
-                        (2, servers) => self.broadcast(user, &servers, "offline"),
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) => self.failed(e),
+        let Some(store) = self.store() else { return };
+        match store.sync(&ops) {
+            Ok(out) => self.publish(out),
+            Err(e) => self.fail("writing session counts", &e),
         }
     }
 
-    fn sync(&mut self, user: &str, count: u32, servers: &[String]) {
-        let now = now_unix().to_string();
-        let ttl = self.s.ttl.as_secs().max(1).to_string();
-        let node = self.s.node_id.clone();
-        let r = match self.con() {
-            Some(con) => {
-                let script = redis::Script::new(SYNC);
-                let mut inv = script.prepare_invoke();
-                inv.arg(user).arg(&node).arg(count).arg(&now).arg(&ttl);
-                for s in servers {
-                    inv.arg(s);
-                }
-                inv.invoke::<Value>(con)
-            }
-            None => return,
-        };
-        match r {
-            Ok(v) => match verdict(&v) {
-                (1, servers) => self.broadcast(user, &servers, "online"),
-                (2, servers) => self.broadcast(user, &servers, "offline"),
-                _ => {}
-            },
-            Err(e) => self.failed(e),
-        }
-    }
-
-    /// Refresh this node's liveness and every local user's alive key, in one pipeline.
     fn refresh(&mut self) {
-        let ttl = self.s.ttl.as_secs().max(1);
-        let expiry = now_unix() + ttl;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SETEX")
-            .arg(format!("xcord:node:{}", self.s.node_id))
-            .arg(ttl)
-            .arg(1)
-            .ignore();
-        for user in self.local.keys() {
-            pipe.cmd("SETEX")
-                .arg(format!("presence:{user}:alive"))
-                .arg(ttl)
-                .arg(1)
-                .ignore();
-            pipe.cmd("ZADD")
-                .arg("xcord:presence:expiry")
-                .arg(expiry)
-                .arg(user)
-                .ignore();
+        // Connects, and re-asserts everything after a gap.
+        if self.store().is_none() {
+            return;
         }
-        let r = match self.con() {
-            Some(con) => pipe.query::<()>(con),
-            None => return,
+        let Some(store) = self.store.as_mut() else {
+            return;
         };
-        if let Err(e) = r {
-            self.failed(e);
+        if let Err(e) = store.refresh(self.local.keys()) {
+            self.fail("refreshing alive keys", &e);
         }
     }
 
-    /// Find users whose alive key lapsed and claim them (SPEC §6).
     fn sweep(&mut self) {
-        let now = now_unix();
-        let due: Vec<String> = match self.con() {
-            Some(con) => match redis::cmd("ZRANGEBYSCORE")
-                .arg("xcord:presence:expiry")
-                .arg("-inf")
-                .arg(now)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(SWEEP_BATCH)
-                .query::<Vec<String>>(con)
-            {
-                Ok(v) => v,
-                Err(e) => {
-                    self.failed(e);
-                    return;
-                }
-            },
-            None => return,
+        if self.store().is_none() {
+            return;
+        }
+        let local = &self.local;
+        let Some(store) = self.store.as_mut() else {
+            return;
         };
-        for user in due {
-            if self.local.contains_key(&user) {
-                continue; // ours and alive: the next refresh re-arms it
-            }
-            let r = match self.con() {
-                Some(con) => redis::Script::new(CLAIM)
-                    .arg(&user)
-                    .arg(now)
-                    .invoke::<Value>(con),
-                None => return,
-            };
-            match r {
-                Ok(v) => {
-                    if let (2, servers) = verdict(&v) {
-                        info!(user = %user, "presence: claimed a lapsed user, now offline");
-                        self.broadcast(&user, &servers, "offline");
-                    }
-                }
-                Err(e) => {
-                    self.failed(e);
-                    return;
-                }
-            }
+        match store.sweep(|u| local.contains_key(u)) {
+            Ok(out) => self.publish(out),
+            Err(e) => self.fail("sweeping lapsed users", &e),
         }
     }
 
-    /// After a Redis gap: write every local user again (hash, alive key, online sets).
-    fn reassert_all(&mut self) {
-        let users: Vec<(String, u32, Vec<String>)> = self
-            .local
-            .iter()
-            .map(|(u, l)| (u.clone(), l.sessions, l.servers.clone()))
-            .collect();
-        if !users.is_empty() {
-            info!(
-                users = users.len(),
-                "presence: re-asserting local users after a Redis gap"
-            );
-        }
-        self.refresh();
-        for (u, n, servers) in users {
-            self.sync(&u, n, &servers);
-        }
-    }
-
-    fn broadcast(&self, user: &str, servers: &[String], status: &str) {
-        for sid in servers {
-            let p = sonic_rs::json!({"serverId": sid, "userId": user, "presence": status});
+    /// Publish each change on `server:{sid}` for each of the user's servers and
+    /// once on `user:{u}:presence`.
+    fn publish(&self, changes: Vec<Broadcast>) {
+        for b in changes {
+            for sid in &b.servers {
+                let p = sonic_rs::json!({"serverId": sid, "userId": b.user, "presence": b.status});
+                self.bus.publish(
+                    &format!("server:{sid}"),
+                    "server.member.presence",
+                    &p.to_string(),
+                );
+            }
+            let p = sonic_rs::json!({"userId": b.user, "presence": b.status});
             self.bus.publish(
-                &format!("server:{sid}"),
-                "server.member.presence",
+                &format!("user:{}:presence", b.user),
+                "user.presence",
                 &p.to_string(),
             );
         }
-        let p = sonic_rs::json!({"userId": user, "presence": status});
-        self.bus.publish(
-            &format!("user:{user}:presence"),
-            "user.presence",
-            &p.to_string(),
-        );
     }
 }

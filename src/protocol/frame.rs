@@ -98,12 +98,18 @@ pub struct FrameTracker {
 }
 
 impl FrameTracker {
-    pub fn feed(&mut self, mut input: &[u8]) {
+    /// Follow `input`; returns how many frames it completed (the heartbeat counts
+    /// complete frames, not bytes: SPEC §2).
+    pub fn feed(&mut self, mut input: &[u8]) -> usize {
+        let mut completed = 0;
         while !input.is_empty() && !self.lost {
             if self.payload_left > 0 {
                 let n = (self.payload_left.min(input.len() as u64)) as usize;
                 self.payload_left -= n as u64;
                 input = &input[n..];
+                if self.payload_left == 0 {
+                    completed += 1;
+                }
                 continue;
             }
             let take = (self.hdr.len() - self.hdr_len).min(input.len());
@@ -118,6 +124,9 @@ impl FrameTracker {
                     if matches!(h.opcode, OpCode::Data(_)) {
                         self.fragmented = !h.is_final;
                     }
+                    if len == 0 {
+                        completed += 1;
+                    }
                 }
                 Ok(None) => {
                     self.hdr_len += take;
@@ -129,6 +138,7 @@ impl FrameTracker {
                 Err(_) => self.lost = true,
             }
         }
+        completed
     }
 
     /// Nothing partial is buffered: every byte fed belongs to a complete frame
@@ -253,6 +263,20 @@ mod tests {
             let mut t = FrameTracker::default();
             t.feed(&stream[..stream.len() - 1]);
             assert!(!t.at_boundary());
+        }
+
+        #[test]
+        fn counts_only_complete_frames() {
+            let a = client_frame(&[b'x'; 300], OpCode::Data(Data::Text), true);
+            let p = client_frame(b"", OpCode::Control(Control::Ping), true);
+            let mut t = FrameTracker::default();
+            for b in &a[..a.len() - 1] {
+                assert_eq!(t.feed(&[*b]), 0, "a trickled frame is not complete");
+            }
+            assert_eq!(t.feed(&a[a.len() - 1..]), 1);
+            let mut two = p.clone();
+            two.extend_from_slice(&a);
+            assert_eq!(t.feed(&two), 2, "an empty ping and a text frame");
         }
 
         #[test]

@@ -166,8 +166,14 @@ async fn write_all(stream: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
 }
 
 async fn respond(stream: &mut TcpStream, status: &str, body: &str) {
+    // RFC 6455 §4.4: a refused version names the one this server speaks.
+    let version = if status.starts_with("426") {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
     let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\n{version}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = glommio::timer::timeout(RESPOND_TIMEOUT, async {
@@ -300,18 +306,29 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-/// The right-most X-Forwarded-For entry that is not a trusted proxy.
-pub fn client_from_xff(xff: &str, proxies: &[Cidr]) -> Option<IpAddr> {
-    let entries: Vec<IpAddr> = xff
-        .split(',')
-        .filter_map(|e| e.trim().parse().ok())
+/// The client address from `X-Forwarded-For` (SPEC §8): all its header lines, in
+/// order, form one list; walking it from the right, the first entry that is not a
+/// trusted proxy is the client. An entry that is not an address (`ip:port`,
+/// garbage, empty) ends the walk: `None`, the peer is taken. When every entry is a
+/// trusted proxy, the left-most one.
+pub fn client_from_xff<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    proxies: &[Cidr],
+) -> Option<IpAddr> {
+    let entries: Vec<&str> = lines
+        .into_iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
         .collect();
-    entries
-        .iter()
-        .rev()
-        .find(|ip| !trusted(proxies, **ip))
-        .or(entries.first())
-        .copied()
+    let mut leftmost = None;
+    for e in entries.iter().rev() {
+        let ip: IpAddr = e.parse().ok()?;
+        if !trusted(proxies, ip) {
+            return Some(ip);
+        }
+        leftmost = Some(ip);
+    }
+    leftmost
 }
 
 enum Decision {
@@ -354,9 +371,12 @@ fn decide(shard: &Shard, head: &[u8], mut ip: IpAddr) -> Decision {
     };
     let proxies = &shard.ctx.cfg.trusted_proxies;
     if trusted(proxies, ip) {
-        if let Some(client) =
-            header(&req, "x-forwarded-for").and_then(|x| client_from_xff(x, proxies))
-        {
+        let lines = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok());
+        if let Some(client) = client_from_xff(lines, proxies) {
             ip = client;
         }
     }
@@ -461,19 +481,36 @@ mod tests {
     #[test]
     fn xff_takes_the_rightmost_untrusted_entry() {
         let p = vec![parse_cidr("10.0.0.0/8").unwrap()];
+        let one = |x: &str| client_from_xff([x], &p);
+        assert_eq!(one("1.2.3.4, 10.0.0.5"), "1.2.3.4".parse().ok());
+        assert_eq!(one("9.9.9.9, 1.2.3.4, 10.0.0.5"), "1.2.3.4".parse().ok());
+        assert_eq!(one("10.0.0.1, 10.0.0.5"), "10.0.0.1".parse().ok());
+        assert_eq!(one("junk"), None);
+    }
+
+    /// Issue 12 defect 7: behind a proxy that appends a second header line, or
+    /// writes `ip:port`, a client could pick its own address.
+    #[test]
+    fn xff_lines_form_one_list_and_a_non_address_ends_the_walk() {
+        let p = vec![parse_cidr("10.0.0.0/8").unwrap()];
+        // The client forged the first line; the balancer appended the second.
         assert_eq!(
-            client_from_xff("1.2.3.4, 10.0.0.5", &p),
+            client_from_xff(["6.6.6.6", "1.2.3.4, 10.0.0.5"], &p),
             "1.2.3.4".parse().ok()
         );
         assert_eq!(
-            client_from_xff("9.9.9.9, 1.2.3.4, 10.0.0.5", &p),
-            "1.2.3.4".parse().ok()
+            client_from_xff(["6.6.6.6", "1.2.3.4"], &p),
+            "1.2.3.4".parse().ok(),
+            "the last line's entry is the right-most"
         );
+        // `ip:port` is not an address: the walk stops, the peer is taken (it used
+        // to be skipped, so the forged entry to its left won).
+        assert_eq!(client_from_xff(["6.6.6.6, 1.2.3.4:5555"], &p), None);
+        assert_eq!(client_from_xff(["6.6.6.6, , 10.0.0.5"], &p), None);
         assert_eq!(
-            client_from_xff("10.0.0.1, 10.0.0.5", &p),
-            "10.0.0.1".parse().ok()
+            client_from_xff(["2001:db8::1"], &p),
+            "2001:db8::1".parse().ok()
         );
-        assert_eq!(client_from_xff("junk", &p), None);
     }
 
     #[test]

@@ -211,14 +211,16 @@ impl Conn {
 
     /// FAST PATH: append an already-encoded event frame to the outbound buffer
     /// (or hold it during HELLO). Wakes nobody: the caller flushes. A frame past
-    /// `limit` makes the connection a slow consumer (4010).
+    /// `limit`, queued or held, makes the connection a slow consumer (4010).
     #[inline]
     pub fn enqueue(&self, frame: &[u8], received: Instant, limit: usize) -> Push {
         if self.is_closing() {
             return Push::Refused;
         }
         let p = self.out.append_event(frame, received, limit);
-        if p == Push::Refused && !self.out.is_holding() {
+        if p == Push::Refused {
+            // Held frames count too: events that pile up during HELLO past the
+            // bound would only make a slow consumer after the ACK.
             self.begin_close(codes::SLOW_CONSUMER, true);
         }
         p
@@ -241,14 +243,26 @@ impl Conn {
     /// nothing is in flight (a reply needs no writer task unless the socket pushes
     /// back).
     pub fn send_json(&self, shard: &Shard, json: &[u8]) {
+        self.send_replies(shard, &[json]);
+    }
+
+    /// Queue several server messages, one frame each, and write them with one
+    /// `send()` (a SUBSCRIBE's ERRORs and its SUBSCRIBED go out together).
+    pub fn send_replies(&self, shard: &Shard, replies: &[&[u8]]) {
         if self.is_closing() {
             return;
         }
-        if self.out.queued() + json.len() + 10 > shard.ctx.cfg.send_queue_bytes {
+        let bytes: usize = replies.iter().map(|r| r.len() + 10).sum();
+        if self.out.queued() + bytes > shard.ctx.cfg.send_queue_bytes {
             self.begin_close(codes::SLOW_CONSUMER, true);
             return;
         }
-        frame::text_frame_into(json, &mut self.out.buf.borrow_mut());
+        {
+            let mut buf = self.out.buf.borrow_mut();
+            for r in replies {
+                frame::text_frame_into(r, &mut buf);
+            }
+        }
         match shard.latency.try_borrow_mut() {
             Ok(mut latency) => self.flush_direct(&mut latency),
             Err(_) => self.wake_writer(),
@@ -348,4 +362,36 @@ async fn writer(shard: Rc<Shard>, conn: Rc<Conn>) {
         buf.clear();
     }
     // `buf` is freed here: a connection that got a reply keeps no buffer for it.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 (smaller ones): events held during HELLO past the send queue used
+    /// to be dropped silently; they make a slow consumer like any queued byte.
+    #[test]
+    fn events_held_during_hello_past_the_bound_close_4010() {
+        let c = Conn::new(1, "127.0.0.1".parse().unwrap(), None);
+        c.out.hold();
+        let frame = [b'x'; 600];
+        assert_eq!(c.enqueue(&frame, Instant::now(), 1024), Push::Held);
+        assert_eq!(c.enqueue(&frame, Instant::now(), 1024), Push::Refused);
+        assert!(c.is_closing());
+        assert_eq!(c.life.close_code.get(), Some(codes::SLOW_CONSUMER));
+        assert_eq!(c.enqueue(&frame, Instant::now(), 1024), Push::Refused);
+    }
+
+    #[test]
+    fn a_queued_frame_past_the_bound_closes_4010_and_keeps_nothing_unsent() {
+        let c = Conn::new(1, "127.0.0.1".parse().unwrap(), None);
+        let frame = [b'x'; 600];
+        assert_eq!(c.enqueue(&frame, Instant::now(), 1024), Push::Queued);
+        assert_eq!(c.enqueue(&frame, Instant::now(), 1024), Push::Refused);
+        assert_eq!(c.life.close_code.get(), Some(codes::SLOW_CONSUMER));
+        // Only the close frame is left to write.
+        let buf = c.out.buf.borrow();
+        assert_eq!(buf[0], 0x88, "a close frame");
+        assert_eq!(&buf[2..4], &codes::SLOW_CONSUMER.to_be_bytes());
+    }
 }

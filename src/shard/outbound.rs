@@ -174,10 +174,6 @@ impl Outbound {
         }
     }
 
-    pub fn is_holding(&self) -> bool {
-        self.holding.get()
-    }
-
     /// Start holding event frames (HELLO in progress).
     pub fn hold(&self) {
         self.holding.set(true);

@@ -107,14 +107,18 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
     let mut ws: Option<Box<WebSocketContext>> = None;
     let mut msgs: VecDeque<Message> = VecDeque::new();
 
+    let limit = shard.ctx.cfg.send_queue_bytes;
     let mut frames = FrameTracker::default();
-    frames.feed(&leftover);
+    if frames.feed(&leftover) > 0 {
+        conn.last_rx.set(Instant::now());
+    }
     let mut finished = !leftover.is_empty()
         && feed(
             &conn,
             ws.get_or_insert_with(new_codec),
             &leftover,
             &mut msgs,
+            limit,
         );
     drop(leftover);
     while !finished {
@@ -140,14 +144,18 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
         match read_some(&shard, &conn).await {
             ReadOutcome::Eof => break,
             ReadOutcome::Data(n) => {
-                conn.last_rx.set(Instant::now());
                 let scratch = shard.scratch.borrow();
-                frames.feed(&scratch[..n]);
+                // Only complete frames reset the heartbeat: a client trickling the
+                // bytes of a frame it never finishes is not alive (SPEC §2).
+                if frames.feed(&scratch[..n]) > 0 {
+                    conn.last_rx.set(Instant::now());
+                }
                 finished = feed(
                     &conn,
                     ws.get_or_insert_with(new_codec),
                     &scratch[..n],
                     &mut msgs,
+                    limit,
                 );
             }
         }
@@ -170,7 +178,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
             };
             if n > 0 {
                 let ws = ws.get_or_insert_with(new_codec);
-                feed(&conn, ws, &scratch[..n as usize], &mut msgs);
+                feed(&conn, ws, &scratch[..n as usize], &mut msgs, limit);
             }
         }
     }
@@ -200,6 +208,7 @@ pub fn feed(
     ws: &mut WebSocketContext,
     input: &[u8],
     msgs: &mut VecDeque<Message>,
+    limit: usize,
 ) -> bool {
     let closing = conn.is_closing();
     let mut out = conn.out.buf.borrow_mut();
@@ -237,6 +246,11 @@ pub fn feed(
     }
     let _ = ws.flush(&mut io); // pongs
     drop(out);
+    // The pongs owed to a client's pings count against the send queue like any
+    // other byte: a client that pings and never reads is a slow consumer.
+    if close.is_none() && conn.out.queued() > limit {
+        close = Some((codes::SLOW_CONSUMER, true));
+    }
     if !conn.out.buf.borrow().is_empty() {
         conn.wake_writer();
     }

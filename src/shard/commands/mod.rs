@@ -133,11 +133,9 @@ pub async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, m: Message) {
 }
 
 fn set_presence(shard: &Shard, conn: &Conn, status: &str) {
-    let user = match conn.session.borrow().as_ref() {
-        Some(s) => s.claims.sub.clone(),
-        None => return,
-    };
-    shard.ctx.presence.set_status(&user, status);
+    if let Some(s) = conn.session.borrow().as_ref() {
+        shard.ctx.presence.set_status(&s.claims, status);
+    }
 }
 
 /// Per-tick work on a ready connection: typing that ran out, a token that expired.

@@ -42,14 +42,23 @@ pub async fn resume(
     });
 }
 
-/// Give back the routes a grant added for a session nobody takes, and end it.
-fn abandon(shard: &Shard, r: &Resumed) {
-    for n in r.session.names() {
-        if !shard.trie.borrow().covers_exactly(n) {
-            shard.ctx.bus.remove_route(shard.id, n);
-        }
+/// Nobody takes the session the grant carries now: give back the routes the grant
+/// held. A session whose new connection closed before the grant arrived is parked
+/// again, so the client may RESUME once more; one a HELLO superseded ends.
+fn give_up(shard: &Shard, r: Resumed, park_again: bool) {
+    let d = r.session;
+    let names: Vec<String> = d.names().map(str::to_owned).collect();
+    let user = d.claims.sub.clone();
+    if park_again {
+        // Queued before the releases: the names never stop being recorded.
+        shard.ctx.bus.route_op(RouteOp::Park(Box::new(d)));
     }
-    shard.ctx.presence.ended(&r.session.claims.sub);
+    for n in &names {
+        shard.ctx.bus.release_route(shard.id, n);
+    }
+    if !park_again {
+        shard.ctx.presence.ended(&user);
+    }
 }
 
 /// A RESUME's answer, applied in inbox order: every event before it is in the
@@ -62,8 +71,8 @@ pub fn apply_grant(shard: &Rc<Shard>, g: Grant) {
         .and_then(|c| c.creds.resuming.borrow_mut().take());
     let (Some(conn), Some(claims)) = (conn, claims) else {
         // The connection is gone.
-        if let Some(r) = &g.outcome {
-            abandon(shard, r);
+        if let Some(r) = g.outcome {
+            give_up(shard, r, true);
         }
         return;
     };
@@ -72,8 +81,10 @@ pub fn apply_grant(shard: &Rc<Shard>, g: Grant) {
         return;
     };
     if conn.phase() != Phase::AwaitHello {
-        // A HELLO (or a close) got there first: the old session ends here.
-        abandon(shard, &r);
+        // Closing: keep the session for another try. A HELLO got there first: the
+        // client chose a new session, the old one ends here.
+        let park_again = conn.is_closing();
+        give_up(shard, r, park_again);
         return;
     }
     let key = conn.key.get();
@@ -81,6 +92,10 @@ pub fn apply_grant(shard: &Rc<Shard>, g: Grant) {
     shard.subscribe(&d.auto_sub, key);
     for (n, _) in &d.subs {
         shard.subscribe(n, key);
+    }
+    // The shard's own routes are in place (or queued): the grant's go.
+    for n in d.names() {
+        shard.ctx.bus.release_route(shard.id, n);
     }
     let replayed = r.replay.len() as u64;
     let limit = shard.ctx.cfg.send_queue_bytes;

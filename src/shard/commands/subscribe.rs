@@ -107,13 +107,12 @@ pub async fn subscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, channels: Vec<Result<
             }
         }
     }
-    for r in replies {
-        conn.send_json(shard, &r);
-    }
-    conn.send_json(
-        shard,
-        &msg::encode("SUBSCRIBED", msg::Channels { channels: &granted }),
-    );
+    replies.push(msg::encode(
+        "SUBSCRIBED",
+        msg::Channels { channels: &granted },
+    ));
+    let replies: Vec<&[u8]> = replies.iter().map(Vec::as_slice).collect();
+    conn.send_replies(shard, &replies);
 }
 
 pub fn unsubscribe(shard: &Rc<Shard>, conn: &Rc<Conn>, channels: Vec<Result<String, String>>) {
