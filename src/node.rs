@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info};
 
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, Console, Mint};
 use crate::admission::Admission;
 use crate::auth::Verifier;
 use crate::bus::{Bus, Ctl, Inbox, RouterLimits};
@@ -129,6 +129,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
             bus: bus.clone(),
             admission: admission.clone(),
             admin_token: cfg.admin_token.clone(),
+            console: Console {
+                listen: bound,
+                shards: n,
+                mint: cfg.jwt.secret.clone().map(|secret| Mint {
+                    secret,
+                    issuer: cfg.jwt.issuer.clone(),
+                    audience: cfg.jwt.audience.clone(),
+                }),
+            },
         },
     )?;
     let ctx = Arc::new(shard::Context {

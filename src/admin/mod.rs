@@ -1,7 +1,11 @@
 //! The admin listener (SPEC §2, §7): `/healthz`, `/readyz`, `/metrics` and
-//! `POST /api/v1/publish`. It runs on its own small thread pool, far from the shards:
-//! it reads their relaxed counters and the admission state, and publishes through
-//! the bus like a backend. It is given exactly what it serves ([`Admin`]).
+//! `POST /api/v1/publish`, and the live console (`console.rs`: `GET /ui`). It runs
+//! on its own small thread pool, far from the shards: it reads their relaxed
+//! counters and the admission state, and publishes through the bus like a backend.
+//! It is given exactly what it serves ([`Admin`]). Everything but health, readiness
+//! and metrics needs the `--admin-token` bearer.
+
+mod console;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -20,9 +24,14 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub bus: Arc<Bus>,
     pub admission: Arc<Admission>,
-    /// The bearer of `POST /api/v1/publish`; without it that route answers 403.
+    /// The bearer of `POST /api/v1/publish` and the console's routes; without it
+    /// those answer 403.
     pub admin_token: Option<String>,
+    /// What the console shows and may do.
+    pub console: console::Console,
 }
+
+pub use console::{Console, Mint};
 
 /// Bind the admin listener and serve it on its threads. Returns the bound address.
 pub fn start(addr: SocketAddr, admin: Admin) -> Result<SocketAddr, String> {
@@ -96,20 +105,28 @@ fn handle(admin: &Admin, mut req: Request) {
             r
         }
         (Method::Post, "/api/v1/publish") => publish(admin, &mut req),
-        (_, "/healthz" | "/readyz" | "/metrics" | "/api/v1/publish") => {
-            text(405, "method not allowed\n")
-        }
+        (Method::Get, "/ui" | "/ui/") => console::page(),
+        (Method::Get, "/ui/client.js") => console::client_js(),
+        (Method::Get, "/api/v1/info") => console::info(admin, &req),
+        (Method::Post, "/api/v1/token") => console::mint(admin, &mut req),
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/api/v1/publish" | "/ui" | "/ui/client.js"
+            | "/api/v1/info" | "/api/v1/token",
+        ) => text(405, "method not allowed\n"),
         _ => text(404, "not found\n"),
     };
     let _ = req.respond(resp);
 }
 
-fn publish(admin: &Admin, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+/// Whether the request carries the admin bearer: `Err` is the answer when not
+/// (403 without `--admin-token`, 401 on a missing or wrong bearer).
+fn authorize(admin: &Admin, req: &Request) -> Result<(), Response<std::io::Cursor<Vec<u8>>>> {
     let Some(expected) = admin.admin_token.as_deref() else {
-        return json(
+        return Err(json(
             403,
-            r#"{"error":"publishing is disabled: start with --admin-token"}"#,
-        );
+            r#"{"error":"disabled: start the gateway with --admin-token"}"#,
+        ));
     };
     let bearer = req
         .headers()
@@ -121,18 +138,29 @@ fn publish(admin: &Admin, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>
         .and_then(crate::auth::bearer_token)
         .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()));
     if !ok {
-        return json(401, r#"{"error":"missing or wrong bearer token"}"#);
+        return Err(json(401, r#"{"error":"missing or wrong bearer token"}"#));
     }
+    Ok(())
+}
+
+/// A request body of at most `ADMIN_MAX_BODY` bytes.
+fn read_body(req: &mut Request) -> Option<Vec<u8>> {
     let mut body = Vec::new();
-    if req
+    let ok = req
         .as_reader()
         .take(ADMIN_MAX_BODY + 1)
         .read_to_end(&mut body)
-        .is_err()
-        || body.len() as u64 > ADMIN_MAX_BODY
-    {
-        return json(413, r#"{"error":"body too large or unreadable"}"#);
+        .is_ok();
+    (ok && body.len() as u64 <= ADMIN_MAX_BODY).then_some(body)
+}
+
+fn publish(admin: &Admin, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>>> {
+    if let Err(r) = authorize(admin, req) {
+        return r;
     }
+    let Some(body) = read_body(req) else {
+        return json(413, r#"{"error":"body too large or unreadable"}"#);
+    };
     if !crate::protocol::depth::nesting_within(&body, crate::protocol::depth::MAX_DEPTH) {
         return json(400, r#"{"error":"body nests too deeply"}"#);
     }
