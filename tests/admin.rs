@@ -25,12 +25,27 @@ fn gateway_bin() -> std::path::PathBuf {
 /// but clap's fixed pointer to `--help`.
 fn assert_refused_with_one_line(out: &std::process::Output, what: &str, names: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{what}: exit {:?}\n{err}", out.status);
-    assert!(!err.contains("panicked"), "{what}: a panic is not a refusal\n{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: exit {:?}\n{err}",
+        out.status
+    );
+    assert!(
+        !err.contains("panicked"),
+        "{what}: a panic is not a refusal\n{err}"
+    );
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     let errors: Vec<&&str> = lines.iter().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "{what}: want exactly one `error:` line\n{err}");
-    assert!(errors[0].contains(names), "{what}: the error line does not name {names}\n{err}");
+    assert_eq!(
+        errors.len(),
+        1,
+        "{what}: want exactly one `error:` line\n{err}"
+    );
+    assert!(
+        errors[0].contains(names),
+        "{what}: the error line does not name {names}\n{err}"
+    );
     for l in &lines {
         assert!(
             l.starts_with("error: ") || *l == "For more information, try '--help'.",
@@ -43,11 +58,23 @@ fn assert_refused_with_one_line(out: &std::process::Output, what: &str, names: &
 fn bad_values_are_refused_at_start_with_one_line() {
     for (bad, names) in [
         (vec!["--jwt-secret", "s", "--shards", "abc"], "--shards"),
-        (vec!["--jwt-secret", "s", "--redis", "notaurl://x"], "--redis"),
-        (vec!["--jwt-secret", "s", "--rate-limit", "lots"], "--rate-limit"),
+        (
+            vec!["--jwt-secret", "s", "--redis", "notaurl://x"],
+            "--redis",
+        ),
+        (
+            vec!["--jwt-secret", "s", "--rate-limit", "lots"],
+            "--rate-limit",
+        ),
         // `=`: the value reaches the flag's parser (a bare `-1` reads as a flag)
-        (vec!["--jwt-secret", "s", "--send-queue-bytes=-1"], "--send-queue-bytes"),
-        (vec!["--jwt-secret", "s", "--trusted-proxies", "10.0.0.0/99"], "--trusted-proxies"),
+        (
+            vec!["--jwt-secret", "s", "--send-queue-bytes=-1"],
+            "--send-queue-bytes",
+        ),
+        (
+            vec!["--jwt-secret", "s", "--trusted-proxies", "10.0.0.0/99"],
+            "--trusted-proxies",
+        ),
         (vec![], "--jwt-secret"), // no JWT key at all
     ] {
         let out = std::process::Command::new(gateway_bin())
@@ -152,7 +179,8 @@ fn latency_histogram_counts_deliveries() {
     c.skip_presence = false;
     assert_eq!(c.expect_event()["payload"]["event"], "user.presence");
     c.skip_presence = true;
-    assert!(eventually(Duration::from_secs(5), || gw.metric_exact(COUNT)
+    assert!(eventually(Duration::from_secs(5), || gw
+        .metric_exact(COUNT)
         >= 1.0));
     let before = gw.metric_exact(COUNT);
     for i in 0..N {

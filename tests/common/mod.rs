@@ -629,7 +629,10 @@ impl Client {
             self.set_timeout(left.max(Duration::from_millis(1)));
             match self.next() {
                 Got::Closed(c) => {
-                    let _ = self.ws.get_ref().set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = self
+                        .ws
+                        .get_ref()
+                        .set_read_timeout(Some(Duration::from_secs(10)));
                     return c;
                 }
                 Got::Msg(_) | Got::Timeout => continue,
