@@ -91,6 +91,9 @@ pub const PRESENCE_QUEUE: usize = 100_000;
 pub const PRESENCE_BATCH: usize = 256;
 /// Lapsed users a presence sweep reads at a time.
 pub const SWEEP_BATCH: usize = 1000;
+/// How long a root nobody holds any more stays subscribed (SPEC §9: up to 60 s),
+/// so a user flapping between tabs does not churn Redis.
+pub const ROOT_LINGER: Duration = Duration::from_secs(60);
 /// Publishes queued on the in-process bus.
 pub const MEMORY_BUS_QUEUE: usize = 65_536;
 

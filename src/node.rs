@@ -98,7 +98,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     };
     let ender = presence.clone();
     let bus = Bus::start(
-        cfg.redis.as_deref(),
+        cfg.redis.as_ref(),
+        cfg.routing,
         inboxes.clone(),
         metrics.clone(),
         limits,
@@ -110,7 +111,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let node_id = format!("{:x}-{:08x}", std::process::id(), fastrand::u32(..));
     presence::start(
         presence::Settings {
-            redis_url: cfg.redis.clone(),
+            redis: cfg.redis.clone(),
             ttl: cfg.presence_ttl,
             sweep: cfg.presence_sweep,
             node_id,

@@ -174,6 +174,12 @@ fn publish(admin: &Admin, req: &mut Request) -> Response<std::io::Cursor<Vec<u8>
     if !valid_channel(channel) {
         return json(400, r#"{"error":"channel must be a valid channel name"}"#);
     }
+    if !admin.bus.publishable(channel) {
+        return json(
+            400,
+            r#"{"error":"with --routing roots a channel has a root: at least two segments"}"#,
+        );
+    }
     if event.is_empty() {
         return json(400, r#"{"error":"event must be a non-empty string"}"#);
     }

@@ -6,17 +6,17 @@
 //! (the caller counts it); a shard never blocks on Redis.
 
 use crossbeam_channel::{Receiver, Sender};
-use redis::{Pipeline, Value};
+use redis::Value;
 use std::time::{Duration, Instant};
 
 use crate::limits::{COMMAND_BATCH, COMMAND_QUEUE};
-use crate::link::{self, Backoff};
+use crate::link::{Backoff, Client, Conn, Pipe};
 
 /// A command reply callback; runs on the Redis thread.
 pub type Reply = Box<dyn FnOnce(Result<Vec<Value>, String>) + Send>;
 
 struct Job {
-    pipe: Pipeline,
+    pipe: Pipe,
     reply: Reply,
 }
 
@@ -27,7 +27,7 @@ pub struct Commands {
 }
 
 /// Start the `xcord-redis` thread.
-pub fn start(client: redis::Client) -> Result<Commands, String> {
+pub fn start(client: Client) -> Result<Commands, String> {
     let (tx, rx) = crossbeam_channel::bounded::<Job>(COMMAND_QUEUE);
     std::thread::Builder::new()
         .name("xcord-redis".into())
@@ -36,14 +36,11 @@ pub fn start(client: redis::Client) -> Result<Commands, String> {
     Ok(Commands { tx })
 }
 
-fn command_loop(client: redis::Client, rx: Receiver<Job>) {
-    use redis::ConnectionLike;
-    let mut con: Option<redis::Connection> = None;
+fn command_loop(client: Client, rx: Receiver<Job>) {
+    let mut con: Option<Conn> = None;
     let mut next_try = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut batch: Vec<Job> = Vec::with_capacity(COMMAND_BATCH);
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut counts: Vec<usize> = Vec::with_capacity(COMMAND_BATCH);
     while let Ok(first) = rx.recv() {
         // Everything queued meanwhile goes in the same round trip: a connect storm's
         // presence publishes cost one write and one read, not one each.
@@ -55,7 +52,7 @@ fn command_loop(client: redis::Client, rx: Receiver<Job>) {
             }
         }
         if con.is_none() && Instant::now() >= next_try {
-            match link::connect(&client) {
+            match client.connect() {
                 Ok(c) => {
                     con = Some(c);
                     backoff.reset();
@@ -69,18 +66,11 @@ fn command_loop(client: redis::Client, rx: Receiver<Job>) {
             }
             continue;
         };
-        bytes.clear();
-        counts.clear();
-        for job in &batch {
-            bytes.extend_from_slice(&job.pipe.get_packed_pipeline());
-            counts.push(job.pipe.len());
-        }
-        let total: usize = counts.iter().sum();
-        match c.req_packed_commands(&bytes, 0, total) {
+        let pipes: Vec<&Pipe> = batch.iter().map(|j| &j.pipe).collect();
+        match c.run_jobs(&pipes) {
             Ok(values) => {
-                let mut values = values.into_iter();
-                for (job, n) in batch.drain(..).zip(counts.iter()) {
-                    (job.reply)(Ok(values.by_ref().take(*n).collect()));
+                for (job, v) in batch.drain(..).zip(values) {
+                    (job.reply)(Ok(v));
                 }
             }
             Err(e) => {
@@ -105,7 +95,7 @@ impl Commands {
     /// Queue a pipeline (not atomic); `reply` runs on the Redis thread with one
     /// value per command, `ignore()` or not (jobs are batched as raw commands).
     /// Fails at once (through `reply`) when the queue is full.
-    pub fn submit(&self, pipe: Pipeline, reply: Reply) {
+    pub fn submit(&self, pipe: Pipe, reply: Reply) {
         if let Err(e) = self.tx.try_send(Job { pipe, reply }) {
             let job = e.into_inner();
             (job.reply)(Err("redis command queue full".to_owned()));
@@ -114,7 +104,7 @@ impl Commands {
 
     /// Run a pipeline and await its result from a shard (any executor: the reply
     /// wakes the task from the Redis thread).
-    pub async fn query(&self, pipe: Pipeline) -> Result<Vec<Value>, String> {
+    pub async fn query(&self, pipe: Pipe) -> Result<Vec<Value>, String> {
         let (tx, rx) = futures_channel::oneshot::channel();
         self.submit(
             pipe,
@@ -127,7 +117,7 @@ impl Commands {
     }
 
     /// Run a pipeline from a plain thread, waiting at most `timeout`.
-    pub fn query_blocking(&self, pipe: Pipeline, timeout: Duration) -> Result<Vec<Value>, String> {
+    pub fn query_blocking(&self, pipe: Pipe, timeout: Duration) -> Result<Vec<Value>, String> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.submit(
             pipe,

@@ -25,34 +25,40 @@ pub struct Event {
     pub received: Instant,
 }
 
-/// Parse a bus message body and build its frame. `channel` is the part after `events:`.
+/// The braces of a JSON object.
+const OBJECT_OPEN: u8 = 0x7b;
+const OBJECT_CLOSE: u8 = 0x7d;
+
+/// The members of a bus message body the gateway reads, as raw slices of it.
+struct Body<'a> {
+    ty: LazyValue<'a>,
+    payload: Option<LazyValue<'a>>,
+    channel: Option<LazyValue<'a>>,
+}
+
+/// Validate a body (one JSON object, nothing after it) and find its members.
 ///
 /// sonic-rs's validating object iterator walks the top level once and hands back
-/// `type` and `payload` as raw slices (the payload is skipped, not parsed into a
-/// tree); the whole text is validated on the way.
-pub fn build(
-    channel: &[u8],
-    body: &[u8],
-    seq: u64,
-    received: Instant,
-) -> Result<Event, DropReason> {
-    let channel = std::str::from_utf8(channel).map_err(|_| DropReason::BadChannel)?;
-    if channel.is_empty() || channel.len() > EVENT_CHANNEL_MAX {
-        return Err(DropReason::BadChannel);
-    }
+/// the members as raw slices (the payload is skipped, not parsed into a tree); the
+/// whole text is validated on the way.
+fn parse_body(body: &[u8]) -> Result<Body<'_>, DropReason> {
     // The parser recurses without a depth limit: refuse deep nesting first.
     if !crate::protocol::depth::nesting_within(body, crate::protocol::depth::MAX_DEPTH) {
         return Err(DropReason::BadJson);
     }
     // Only an object is an event.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&OBJECT_OPEN) {
         return Err(DropReason::BadJson);
     }
     let mut ty: Option<LazyValue<'_>> = None;
     let mut payload: Option<LazyValue<'_>> = None;
+    let mut channel: Option<LazyValue<'_>> = None;
     // Where the last member's value ends: the iterator stops at the closing brace
     // and never looks past it, so what follows is checked here.
-    let mut end = body.iter().position(|b| *b == b'{').map_or(0, |i| i + 1);
+    let mut end = body
+        .iter()
+        .position(|b| *b == OBJECT_OPEN)
+        .map_or(0, |i| i + 1);
     let range = body.as_ptr_range();
     for item in sonic_rs::to_object_iter(body) {
         let (k, v) = item.map_err(|_| DropReason::BadJson)?;
@@ -66,6 +72,7 @@ pub fn build(
         match &*k {
             "type" => ty = Some(v),
             "payload" => payload = Some(v),
+            "channel" => channel = Some(v),
             _ => {}
         }
     }
@@ -73,19 +80,70 @@ pub fn build(
     // JSON whitespace only (RFC 8259 §2): `is_ascii_whitespace` also admits form feed.
     let json_ws = |b: &&u8| matches!(**b, b' ' | b'\t' | b'\n' | b'\r');
     let mut rest = rest.iter().skip_while(json_ws);
-    if rest.next() != Some(&b'}') || !rest.all(|b| json_ws(&b)) {
+    if rest.next() != Some(&OBJECT_CLOSE) || !rest.all(|b| json_ws(&b)) {
         return Err(DropReason::BadJson);
     }
     let ty = ty.ok_or(DropReason::NoType)?;
     if !ty.is_str() {
         return Err(DropReason::NoType);
     }
-    let payload: Cow<'_, str> = match &payload {
+    Ok(Body {
+        ty,
+        payload,
+        channel,
+    })
+}
+
+fn checked_channel(channel: &str) -> Result<&str, DropReason> {
+    if channel.is_empty() || channel.len() > EVENT_CHANNEL_MAX {
+        return Err(DropReason::BadChannel);
+    }
+    Ok(channel)
+}
+
+fn from_body(b: &Body<'_>, channel: &str, seq: u64, received: Instant) -> Event {
+    let payload: Cow<'_, str> = match &b.payload {
         Some(p) => Cow::Borrowed(p.as_raw_str()),
         None => Cow::Borrowed("null"),
     };
-    let event_name = ty.as_raw_str(); // already a JSON string literal, quotes and escapes included
-    Ok(encode(seq, event_name, channel, &payload, received))
+    // `type` is a JSON string literal already, quotes and escapes included.
+    encode(seq, b.ty.as_raw_str(), channel, &payload, received)
+}
+
+/// Parse a bus message body and build its frame. `channel` is the part after
+/// `events:` (`--routing pattern`, SPEC §5).
+pub fn build(
+    channel: &[u8],
+    body: &[u8],
+    seq: u64,
+    received: Instant,
+) -> Result<Event, DropReason> {
+    let channel = std::str::from_utf8(channel).map_err(|_| DropReason::BadChannel)?;
+    let channel = checked_channel(channel)?;
+    let b = parse_body(body)?;
+    Ok(from_body(&b, channel, seq, received))
+}
+
+/// Build an event that came on `xcord:{root}` (`--routing roots`, SPEC §9): its
+/// channel is the body's `channel`, which must be `root` or below it.
+pub fn build_rooted(
+    root: &[u8],
+    body: &[u8],
+    seq: u64,
+    received: Instant,
+) -> Result<Event, DropReason> {
+    let b = parse_body(body)?;
+    let channel = b
+        .channel
+        .as_ref()
+        .and_then(|c| c.as_str())
+        .ok_or(DropReason::BadChannel)?;
+    let channel = checked_channel(channel)?;
+    let under = crate::channels::root_of(channel).map(str::as_bytes) == Some(root);
+    if !under || !crate::channels::valid_channel(channel) {
+        return Err(DropReason::BadChannel);
+    }
+    Ok(from_body(&b, channel, seq, received))
 }
 
 /// Encode an event whose name is given as a JSON string literal and payload as raw JSON.
@@ -116,6 +174,20 @@ fn encode(
     }
 }
 
+/// The body a backend publishes on `xcord:{root}` (`--routing roots`):
+/// `{"channel": channel, "type": event, "payload": payload_json}`.
+pub fn rooted_body(channel: &str, event: &str, payload_json: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(48 + channel.len() + event.len() + payload_json.len());
+    v.extend_from_slice(br#"{"channel":"#);
+    let _ = sonic_rs::to_writer(&mut v, channel);
+    v.extend_from_slice(br#","type":"#);
+    let _ = sonic_rs::to_writer(&mut v, event);
+    v.extend_from_slice(br#","payload":"#);
+    v.extend_from_slice(payload_json.as_bytes());
+    v.push(OBJECT_CLOSE);
+    v
+}
+
 /// The body a backend publishes for `{"type": event, "payload": payload_json}`.
 pub fn publish_body(event: &str, payload_json: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(32 + event.len() + payload_json.len());
@@ -123,7 +195,7 @@ pub fn publish_body(event: &str, payload_json: &str) -> Vec<u8> {
     let _ = sonic_rs::to_writer(&mut v, event);
     v.extend_from_slice(br#","payload":"#);
     v.extend_from_slice(payload_json.as_bytes());
-    v.push(b'}');
+    v.push(OBJECT_CLOSE);
     v
 }
 
@@ -192,6 +264,32 @@ mod tests {
             build(&[0xff], br#"{"type":"t"}"#, 1, now).unwrap_err(),
             DropReason::BadChannel
         );
+    }
+
+    #[test]
+    fn a_rooted_event_names_its_channel_under_its_root() {
+        let now = Instant::now();
+        let b = rooted_body("server:s1:channel:c", "m", r#"{"k":1}"#);
+        let e = build_rooted(b"server:s1", &b, 4, now).unwrap();
+        assert_eq!(&*e.channel, "server:s1:channel:c");
+        assert!(
+            text(&e).contains(r#""event":"m","channel":"server:s1:channel:c","payload":{"k":1}"#)
+        );
+        assert_eq!(
+            build_rooted(b"server:s1", &rooted_body("server:s10", "m", "1"), 1, now).map(|_| ()),
+            Err(DropReason::BadChannel),
+            "server:s10 is not under server:s1"
+        );
+        assert_eq!(
+            build_rooted(b"dm:c", br#"{"type":"m"}"#, 1, now).map(|_| ()),
+            Err(DropReason::BadChannel),
+            "no channel"
+        );
+        assert_eq!(
+            build_rooted(b"dm:c", br#"{"channel":5,"type":"m"}"#, 1, now).map(|_| ()),
+            Err(DropReason::BadChannel)
+        );
+        assert!(build_rooted(b"dm:c", &rooted_body("dm:c", "m", "null"), 1, now).is_ok());
     }
 
     #[test]

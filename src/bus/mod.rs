@@ -1,30 +1,37 @@
 //! The bus: where events come from, and what shards, presence and the admin route
 //! hold to reach it.
 //!
-//! One dedicated thread owns the bus side: with `--redis` it PSUBSCRIBEs `events:*`
-//! (`pubsub.rs`); without, it reads an in-process queue that the admin route and
-//! the shards publish into (`memory.rs`). Either way each event meets the same
+//! One dedicated thread owns the bus side: with Redis it holds the pub/sub links
+//! (`sub/`: PSUBSCRIBE `events:*`, or with `--routing roots` SSUBSCRIBE
+//! `xcord:{ROOT}` for the roots the node's clients hold, on one Redis or a
+//! cluster); without, it reads an in-process queue that the admin route and the
+//! shards publish into (`memory.rs`). Either way each event meets the same
 //! [`Router`] (`router.rs`): parsed once, stamped with the next `seq`, encoded once
 //! (`event.rs`), and pushed — as one `Arc` — into the [`Inbox`] of every shard
-//! whose subscriptions cover its channel. `replay.rs` and `parked.rs` hold the
-//! resume state (SPEC §8); `commands.rs` is the Redis command thread (SISMEMBER,
-//! PUBLISH) that shards and presence use.
+//! whose subscriptions cover its channel. `interest.rs` tracks the roots held;
+//! `replay.rs` and `parked.rs` hold the resume state (SPEC §8); `commands.rs` is the
+//! Redis command thread (SISMEMBER, PUBLISH/SPUBLISH) that shards and presence use.
 
 pub mod commands;
 pub mod event;
 pub mod inbox;
+pub mod interest;
 pub mod memory;
 pub mod parked;
-pub mod pubsub;
 pub mod replay;
 pub mod router;
+pub mod sub;
 
 use crossbeam_channel::Sender;
+use futures_channel::oneshot;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crate::limits::REDIS_ANSWER_TIMEOUT;
+use crate::channels::root_of;
+use crate::config::{RedisTarget, Routing};
+use crate::limits::{REDIS_ANSWER_TIMEOUT, ROOT_LINGER};
+use crate::link::{self, Pipe};
 use crate::metrics::{DropReason, Metrics};
 
 pub use event::Event;
@@ -53,6 +60,12 @@ pub enum RouteOp {
         shard: u8,
         name: Box<str>,
     },
+    /// Tell `reply` once Redis has confirmed the SSUBSCRIBE of `root` (at once when
+    /// it has, or with `--routing pattern`). Queued after the `Add`s that made it.
+    Await {
+        root: Box<str>,
+        reply: oneshot::Sender<()>,
+    },
     /// A session whose connection ended uncleanly: keep it for the resume window.
     /// Queued before the shard's own `Remove`s, so its channels never stop being recorded.
     Park(Box<Detached>),
@@ -80,20 +93,12 @@ pub struct RouterLimits {
     pub max_sessions: usize,
 }
 
-/// `PUBLISH events:{channel} body`, as a backend does.
-fn publish_pipe(channel: &str, body: Vec<u8>) -> ::redis::Pipeline {
-    let mut pipe = ::redis::pipe();
-    pipe.cmd("PUBLISH")
-        .arg(format!("events:{channel}"))
-        .arg(body)
-        .ignore();
-    pipe
-}
-
-/// What shards, the admin route and the node hold to reach the bus.
+/// What shards, presence, the admin route and the node hold to reach the bus.
 pub struct Bus {
     routes: Sender<RouteOp>,
+    waker: Option<Arc<sub::Waker>>,
     kind: BusKind,
+    routing: Routing,
     metrics: Arc<Metrics>,
     stamped: Arc<AtomicU64>,
 }
@@ -104,9 +109,10 @@ enum BusKind {
 }
 
 impl Bus {
-    /// Start the bus thread(s): Redis when `redis_url` is set, else in-process.
+    /// Start the bus thread(s): Redis when `redis` is set, else in-process.
     pub fn start(
-        redis_url: Option<&str>,
+        redis: Option<&RedisTarget>,
+        routing: Routing,
         inboxes: Vec<Arc<Inbox>>,
         metrics: Arc<Metrics>,
         limits: RouterLimits,
@@ -114,6 +120,7 @@ impl Bus {
     ) -> Result<Arc<Bus>, String> {
         let (routes_tx, routes_rx) = crossbeam_channel::unbounded();
         let stamped = Arc::new(AtomicU64::new(0));
+        let interest = interest::Interest::new(routing == Routing::Roots, ROOT_LINGER);
         let router = Router::new(
             inboxes,
             routes_rx,
@@ -121,19 +128,22 @@ impl Bus {
             limits,
             session_ended,
             stamped.clone(),
+            interest,
         );
-        let kind = match redis_url {
-            None => BusKind::Memory(memory::start(router)?),
-            Some(url) => {
-                let client =
-                    ::redis::Client::open(url).map_err(|e| format!("bad --redis URL: {e}"))?;
-                pubsub::start(client.clone(), router, metrics.clone())?;
-                BusKind::Redis(commands::start(client)?)
+        let (kind, waker) = match redis {
+            None => (BusKind::Memory(memory::start(router)?), None),
+            Some(target) => {
+                let waker = sub::Waker::new()?;
+                sub::start(target, routing, router, metrics.clone(), waker.clone())?;
+                let client = link::Client::open(target)?;
+                (BusKind::Redis(commands::start(client)?), Some(waker))
             }
         };
         Ok(Arc::new(Bus {
             routes: routes_tx,
+            waker,
             kind,
+            routing,
             metrics,
             stamped,
         }))
@@ -144,8 +154,23 @@ impl Bus {
         self.stamped.load(Relaxed)
     }
 
+    /// Queue a route operation (add, remove, park, resume, await).
+    pub fn route_op(&self, op: RouteOp) {
+        let _ = self.routes.send(op);
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
+    }
+
     pub fn add_route(&self, shard: usize, name: &str) {
-        let _ = self.routes.send(RouteOp::Add {
+        self.route_op(RouteOp::Add {
+            shard: shard as u8,
+            name: name.into(),
+        });
+    }
+
+    pub fn remove_route(&self, shard: usize, name: &str) {
+        self.route_op(RouteOp::Remove {
             shard: shard as u8,
             name: name.into(),
         });
@@ -153,25 +178,29 @@ impl Bus {
 
     /// Give back the route a RESUME grant held for `name` on `shard`.
     pub fn release_route(&self, shard: usize, name: &str) {
-        let _ = self.routes.send(RouteOp::Release {
+        self.route_op(RouteOp::Release {
             shard: shard as u8,
             name: name.into(),
         });
     }
 
-    /// Queue a route operation (park, resume).
-    pub fn route_op(&self, op: RouteOp) {
-        let _ = self.routes.send(op);
-    }
-
-    pub fn remove_route(&self, shard: usize, name: &str) {
-        let _ = self.routes.send(RouteOp::Remove {
-            shard: shard as u8,
-            name: name.into(),
+    /// Resolves once Redis has confirmed `root` (SPEC §9's SUBSCRIBED promise);
+    /// dropped (cancelled) if the root stopped being wanted meanwhile.
+    pub fn await_root(&self, root: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.route_op(RouteOp::Await {
+            root: root.into(),
+            reply: tx,
         });
+        rx
     }
 
-    /// The Redis command link, when running with `--redis`.
+    /// Whether the node subscribes by root (`--routing roots`).
+    pub fn by_roots(&self) -> bool {
+        self.routing == Routing::Roots
+    }
+
+    /// The Redis command link, when running with Redis.
     pub fn redis(&self) -> Option<&commands::Commands> {
         match &self.kind {
             BusKind::Redis(c) => Some(c),
@@ -187,26 +216,54 @@ impl Bus {
         }
     }
 
-    /// Publish `{"type": event, "payload": payload_json}` on `channel`, without
-    /// waiting. A publish that cannot be queued is counted (`publish_failed`).
+    /// Whether a channel can be published: with `--routing roots` it needs a root.
+    pub fn publishable(&self, channel: &str) -> bool {
+        self.routing == Routing::Pattern || root_of(channel).is_some()
+    }
+
+    /// The command that publishes `{"type": event, "payload": payload_json}` on
+    /// `channel` as a backend does: `PUBLISH events:{channel}`, or by root
+    /// `SPUBLISH xcord:{ROOT}` with the channel in the body.
+    fn publish_pipe(&self, channel: &str, event: &str, payload_json: &str) -> Option<Pipe> {
+        let mut pipe = Pipe::new();
+        match self.routing {
+            Routing::Pattern => {
+                pipe.cmd("PUBLISH")
+                    .arg(format!("events:{channel}"))
+                    .arg(event::publish_body(event, payload_json));
+            }
+            Routing::Roots => {
+                let root = root_of(channel)?;
+                pipe.cmd("SPUBLISH")
+                    .arg(format!("xcord:{{{root}}}"))
+                    .arg(event::rooted_body(channel, event, payload_json));
+            }
+        }
+        Some(pipe)
+    }
+
+    /// Publish without waiting. A publish that cannot be queued is counted
+    /// (`publish_failed`).
     pub fn publish(&self, channel: &str, event: &str, payload_json: &str) {
-        let body = event::publish_body(event, payload_json);
         match &self.kind {
             BusKind::Memory(tx) => {
-                if tx
-                    .try_send(memory::Published {
-                        channel: channel.to_owned(),
-                        body,
-                    })
-                    .is_err()
-                {
+                let body = event::publish_body(event, payload_json);
+                let p = memory::Published {
+                    channel: channel.to_owned(),
+                    body,
+                };
+                if tx.try_send(p).is_err() {
                     self.metrics.bus.dropped(DropReason::PublishFailed);
                 }
             }
             BusKind::Redis(cmds) => {
+                let Some(pipe) = self.publish_pipe(channel, event, payload_json) else {
+                    self.metrics.bus.dropped(DropReason::BadChannel);
+                    return;
+                };
                 let m = self.metrics.clone();
                 cmds.submit(
-                    publish_pipe(channel, body),
+                    pipe,
                     Box::new(move |r| {
                         if r.is_err() {
                             m.bus.dropped(DropReason::PublishFailed);
@@ -225,17 +282,17 @@ impl Bus {
         event: &str,
         payload_json: &str,
     ) -> Result<(), String> {
-        let body = event::publish_body(event, payload_json);
         let r = match &self.kind {
             BusKind::Memory(tx) => tx
                 .try_send(memory::Published {
                     channel: channel.to_owned(),
-                    body,
+                    body: event::publish_body(event, payload_json),
                 })
                 .map_err(|_| "the in-process bus is full".to_owned()),
-            BusKind::Redis(cmds) => cmds
-                .query_blocking(publish_pipe(channel, body), REDIS_ANSWER_TIMEOUT)
-                .map(|_| ()),
+            BusKind::Redis(cmds) => match self.publish_pipe(channel, event, payload_json) {
+                Some(pipe) => cmds.query_blocking(pipe, REDIS_ANSWER_TIMEOUT).map(|_| ()),
+                None => Err("with --routing roots a channel needs two segments".into()),
+            },
         };
         if r.is_err() {
             self.metrics.bus.dropped(DropReason::PublishFailed);

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::inbox::Inbox;
+use super::interest::Interest;
 use super::parked::{Detached, Grant, Parked, Resumed};
 use super::replay::{Floor, Ring};
 use super::{event, RouteOp, RouterLimits, SessionEnded};
@@ -55,6 +56,8 @@ pub struct Router {
     limits: RouterLimits,
     /// Told when a parked session's window ends unresumed (presence may go offline).
     session_ended: SessionEnded,
+    /// Which roots the node holds on Redis (`--routing roots`).
+    interest: Interest,
 }
 
 impl Router {
@@ -65,6 +68,7 @@ impl Router {
         limits: RouterLimits,
         session_ended: SessionEnded,
         stamped: Arc<AtomicU64>,
+        interest: Interest,
     ) -> Router {
         Router {
             trie: Trie::new(),
@@ -78,36 +82,68 @@ impl Router {
             pending: HashMap::new(),
             limits,
             session_ended,
+            interest,
         }
     }
 
-    /// Apply every queued route change, and end sessions whose window passed.
+    /// Route `name` to `v` (a shard, or the parked marker); the node's interest
+    /// hears of a name new on the node.
+    fn add_route(&mut self, name: &str, v: u8) {
+        let (_, first) = self.trie.insert(name, v);
+        if first {
+            self.interest.name_added(name);
+        }
+    }
+
+    fn remove_route(&mut self, name: &str, v: u8) {
+        let (removed, last) = self.trie.remove(name, v);
+        if removed && last {
+            self.interest.name_removed(name, Instant::now());
+        }
+    }
+
+    pub fn interest_mut(&mut self) -> &mut Interest {
+        &mut self.interest
+    }
+
+    /// Whether route changes wait in the queue (the bus thread must not sleep).
+    pub fn has_queued_routes(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
+    /// A message on a channel that is not the gateway's (counted, dropped).
+    pub fn drop_bad_channel(&mut self) {
+        self.metrics.bus.received.fetch_add(1, Relaxed);
+        self.metrics.bus.dropped(DropReason::BadChannel);
+    }
+
+    /// Apply every queued route change, end sessions whose window passed, and
+    /// let roots whose linger ended go.
     pub fn apply_routes(&mut self) {
         while let Ok(op) = self.routes.try_recv() {
             self.apply(op);
         }
-        self.expire(Instant::now());
+        let now = Instant::now();
+        self.expire(now);
+        self.interest.tick(now);
     }
 
     pub fn apply(&mut self, op: RouteOp) {
         match op {
             RouteOp::Add { shard, name } => match self.pending_mut(&name, shard) {
                 Some(p) => p.shard_holds = true,
-                None => {
-                    self.trie.insert(&name, shard);
-                }
+                None => self.add_route(&name, shard),
             },
             RouteOp::Remove { shard, name } => match self.pending_mut(&name, shard) {
                 Some(p) => p.shard_holds = false,
-                None => {
-                    self.trie.remove(&name, shard);
-                }
+                None => self.remove_route(&name, shard),
             },
             RouteOp::Release { shard, name } => self.release_grant(&name, shard),
+            RouteOp::Await { root, reply } => self.interest.wait(&root, reply),
             RouteOp::Park(d) => {
                 let parking = self.parked.park(*d);
                 for n in parking.first {
-                    self.trie.insert(&n, PARKED);
+                    self.add_route(&n, PARKED);
                 }
                 for d in parking.dropped {
                     self.end_parked(d);
@@ -172,7 +208,7 @@ impl Router {
             self.hold_for_grant(n, shard);
         }
         for n in self.parked.release(&d) {
-            self.trie.remove(&n, PARKED);
+            self.remove_route(&n, PARKED);
         }
         Some(Resumed {
             session: d,
@@ -190,7 +226,7 @@ impl Router {
     /// A parked session's window ended (or it was dropped to make room).
     fn end_parked(&mut self, d: Detached) {
         for n in self.parked.release(&d) {
-            self.trie.remove(&n, PARKED);
+            self.remove_route(&n, PARKED);
         }
         // The session is over: now the user may go offline.
         (self.session_ended)(&d.claims.sub);
@@ -214,7 +250,7 @@ impl Router {
             return;
         }
         let shard_holds = self.trie.contains(name, shard);
-        self.trie.insert(name, shard);
+        self.add_route(name, shard);
         self.pending.entry(name.into()).or_default().push((
             shard,
             Pending {
@@ -242,30 +278,46 @@ impl Router {
             self.pending.remove(name);
         }
         if !p.shard_holds {
-            self.trie.remove(name, shard);
+            self.remove_route(name, shard);
         }
     }
 
-    /// Route one bus message: `channel` without the `events:` prefix, `body` as published.
+    /// Route one bus message: `channel` without the `events:` prefix, `body` as
+    /// published (`--routing pattern`).
     pub fn route(&mut self, channel: &[u8], body: &[u8]) {
         let received = Instant::now();
         self.apply_routes();
         self.metrics.bus.received.fetch_add(1, Relaxed);
-        self.seq += 1;
-        let ev = match event::build(channel, body, self.seq, received) {
+        let ev = event::build(channel, body, self.seq + 1, received);
+        self.deliver(ev);
+    }
+
+    /// Route one message that came on `xcord:{root}` (`--routing roots`): its body
+    /// names its channel, which must be under `root`.
+    pub fn route_rooted(&mut self, root: &[u8], body: &[u8]) {
+        let received = Instant::now();
+        self.apply_routes();
+        self.metrics.bus.received.fetch_add(1, Relaxed);
+        let ev = event::build_rooted(root, body, self.seq + 1, received);
+        self.deliver(ev);
+    }
+
+    /// Stamp a built event (its seq is the next one), record it and push it into
+    /// the inbox of every shard that wants it.
+    fn deliver(&mut self, ev: Result<super::Event, DropReason>) {
+        let ev = match ev {
             Ok(e) => e,
             Err(reason) => {
-                self.seq -= 1;
                 self.metrics.bus.dropped(reason);
                 return;
             }
         };
         if ev.frame.len() > self.limits.max_frame_bytes {
             // It could only close every subscriber 4010 (SPEC §5): drop it once, here.
-            self.seq -= 1;
             self.metrics.bus.dropped(DropReason::TooLarge);
             return;
         }
+        self.seq += 1;
         self.stamped.store(self.seq, Relaxed);
         let mut mask: u64 = 0;
         let mut parked = false;
@@ -325,6 +377,7 @@ mod tests {
             },
             Box::new(move |u: &str| e.lock().unwrap().push(u.to_owned())),
             Arc::new(AtomicU64::new(0)),
+            Interest::new(false, Duration::from_secs(60)),
         );
         Fixture {
             router,

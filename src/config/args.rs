@@ -105,9 +105,17 @@ pub struct RunArgs {
     /// Shard threads, one pinned per core: a number or `auto` (default: usable cores, at most 64).
     #[arg(long, env = "XCORD_SHARDS")]
     pub shards: Option<Shards>,
-    /// redis://… URL. Without it the gateway runs single-node on an in-process bus.
-    #[arg(long, env = "XCORD_REDIS", value_parser = parse_redis_url)]
+    /// redis://… URL. Without it (and without --redis-cluster) the gateway runs
+    /// single-node on an in-process bus.
+    #[arg(long, env = "XCORD_REDIS", value_parser = parse_redis_url, conflicts_with = "redis_cluster")]
     pub redis: Option<String>,
+    /// Seed nodes of a Redis Cluster, comma-separated (redis://h:p,redis://h:p).
+    #[arg(long, env = "XCORD_REDIS_CLUSTER", value_delimiter = ',', value_parser = parse_redis_url)]
+    pub redis_cluster: Vec<String>,
+    /// How the node receives backend events: `pattern` (PSUBSCRIBE events:*) or
+    /// `roots` (SSUBSCRIBE xcord:{ROOT} for the roots its clients hold; Redis >= 7).
+    #[arg(long, env = "XCORD_ROUTING", default_value = "pattern", value_parser = parse_routing)]
+    pub routing: Routing,
     /// HS256 secret.
     #[arg(
         long,
@@ -166,6 +174,23 @@ pub struct RunArgs {
     pub trusted_proxies: Vec<Cidr>,
     #[arg(long, env = "XCORD_PRESENCE_SWEEP_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub presence_sweep_seconds: u64,
+}
+
+/// How a node receives backend events (SPEC §5, §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// PSUBSCRIBE `events:*`: every event of the platform.
+    Pattern,
+    /// SSUBSCRIBE `xcord:{ROOT}` for the roots the node's clients hold.
+    Roots,
+}
+
+fn parse_routing(s: &str) -> Result<Routing, String> {
+    match s {
+        "pattern" => Ok(Routing::Pattern),
+        "roots" => Ok(Routing::Roots),
+        _ => Err(format!("expected `pattern` or `roots`, got `{s}`")),
+    }
 }
 
 fn parse_redis_url(s: &str) -> Result<String, String> {

@@ -6,7 +6,7 @@
 
 mod args;
 
-pub use args::{parse_cidr, Cidr, Cli, Command, RateLimit, RunArgs, TokenArgs};
+pub use args::{parse_cidr, Cidr, Cli, Command, RateLimit, Routing, RunArgs, TokenArgs};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +17,15 @@ use xcord_common::host;
 /// The longest duration any flag may set: far beyond any sensible value, and far
 /// from where `Instant` arithmetic would overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// A Redis deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `--redis URL`.
+    Single(String),
+    /// `--redis-cluster SEED,…`.
+    Cluster(Vec<String>),
+}
 
 /// How tokens are verified (SPEC §2).
 #[derive(Debug, Clone)]
@@ -38,7 +47,9 @@ pub struct Config {
     pub shards: usize,
     /// CPU ids the shards are pinned to, in order (`shards[i]` on `cpus[i % len]`).
     pub cpus: Vec<usize>,
-    pub redis: Option<String>,
+    /// Where Redis is: none (the in-process bus), one server, or a cluster.
+    pub redis: Option<RedisTarget>,
+    pub routing: Routing,
     pub jwt: JwtConfig,
     pub admin_token: Option<String>,
     pub heartbeat: Duration,
@@ -99,6 +110,15 @@ impl Config {
         if a.jwt_leeway_seconds > MAX_DURATION.as_secs() {
             return Err("--jwt-leeway-seconds is too large".into());
         }
+        let redis = match (a.redis, a.redis_cluster.is_empty()) {
+            (Some(u), true) => Some(RedisTarget::Single(u)),
+            (None, false) => Some(RedisTarget::Cluster(a.redis_cluster)),
+            (None, true) => None,
+            (Some(_), false) => return Err("--redis and --redis-cluster exclude each other".into()),
+        };
+        if a.routing == Routing::Roots && redis.is_none() {
+            return Err("--routing roots needs --redis (Redis >= 7) or --redis-cluster".into());
+        }
         let cpus = usable_cpus();
         let shards = match a.shards {
             Some(s) => s.resolve(cpus.len()),
@@ -123,7 +143,8 @@ impl Config {
             admin_listen: a.admin_listen,
             shards,
             cpus,
-            redis: a.redis,
+            redis,
+            routing: a.routing,
             jwt: JwtConfig {
                 secret: a.jwt_secret,
                 public_key: a.jwt_public_key,

@@ -128,7 +128,7 @@ impl Presence {
 
 /// Settings of the presence thread.
 pub struct Settings {
-    pub redis_url: Option<String>,
+    pub redis: Option<crate::config::RedisTarget>,
     pub ttl: Duration,
     pub sweep: Duration,
     pub node_id: String,
@@ -136,10 +136,8 @@ pub struct Settings {
 
 /// Start the presence thread, reading the queue made by [`Presence::new`].
 pub fn start(settings: Settings, rx: Receiver<Change>, bus: Arc<Bus>) -> Result<(), String> {
-    let client = match &settings.redis_url {
-        Some(u) => {
-            Some(redis::Client::open(u.as_str()).map_err(|e| format!("bad --redis URL: {e}"))?)
-        }
+    let client = match &settings.redis {
+        Some(t) => Some(crate::link::Client::open(t)?),
         None => None,
     };
     std::thread::Builder::new()

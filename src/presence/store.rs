@@ -13,14 +13,14 @@
 //!   included); `xcord:presence:expiry` ZSET u → when its alive key lapses (the
 //!   sweep's index).
 
-use redis::{Connection, RedisResult, Value};
+use redis::{RedisResult, Value};
 use std::collections::HashSet;
 use std::time::Duration;
 use xcord_common::clock::unix_secs;
 
 use super::scripts::{CLAIM, FORGET, SET, SYNC};
 use crate::limits::SWEEP_BATCH;
-use crate::link;
+use crate::link::{Client, Conn, Pipe};
 
 /// A change everyone hears of: `user` is now `status`, in these servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,8 +81,8 @@ fn verdict(v: &Value) -> (i64, Vec<String>) {
 }
 
 pub struct Store {
-    client: redis::Client,
-    con: Option<Connection>,
+    client: Client,
+    con: Option<Conn>,
     node: String,
     ttl: Duration,
     /// Redis was unreachable (or never reached) since the node last replaced what
@@ -92,7 +92,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(client: redis::Client, node: String, ttl: Duration) -> Store {
+    pub fn new(client: Client, node: String, ttl: Duration) -> Store {
         Store {
             client,
             con: None,
@@ -112,12 +112,10 @@ impl Store {
     /// the caller must re-assert the node's whole view now.
     pub fn connect(&mut self) -> RedisResult<bool> {
         if self.con.is_none() {
-            let mut c = link::connect(&self.client)?;
+            let mut c = self.client.connect()?;
             for code in [SYNC, CLAIM, SET, FORGET] {
-                redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(code)
-                    .query::<String>(&mut c)?;
+                // On a cluster, SCRIPT LOAD goes to every master.
+                c.query_cmd::<Value>(redis::cmd("SCRIPT").arg("LOAD").arg(code))?;
             }
             self.con = Some(c);
         }
@@ -130,7 +128,7 @@ impl Store {
         self.gap = true;
     }
 
-    fn con(&mut self) -> RedisResult<&mut Connection> {
+    fn con(&mut self) -> RedisResult<&mut Conn> {
         match self.con.as_mut() {
             Some(c) => Ok(c),
             None => Err((redis::ErrorKind::Io, "not connected").into()),
@@ -146,11 +144,11 @@ impl Store {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipe::new();
         for u in users {
             pipe.cmd("SMEMBERS").arg(format!("user:{u}:servers"));
         }
-        let v: Vec<Value> = pipe.query(self.con()?)?;
+        let v: Vec<Value> = self.con()?.query(&pipe)?;
         Ok(v.iter().map(strings).collect())
     }
 
@@ -176,7 +174,7 @@ impl Store {
         let mut members = self.memberships(&asking)?.into_iter();
         let now = unix_secs();
         let mut servers_of = Vec::with_capacity(ops.len());
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipe::new();
         for op in ops {
             let servers = if op.count > 0 {
                 Self::servers_now(&op.servers, members.next().unwrap_or_default())
@@ -194,10 +192,10 @@ impl Store {
                 .arg(&servers[..]);
             servers_of.push(servers);
         }
-        let verdicts: Vec<Value> = pipe.query(self.con()?)?;
+        let verdicts: Vec<Value> = self.con()?.query(&pipe)?;
         let ttl = self.ttl_secs();
         let node_users = format!("xcord:node:{}:users", self.node);
-        let mut after = redis::pipe();
+        let mut after = Pipe::new();
         let mut out = Vec::new();
         for ((op, servers), v) in ops.iter().zip(servers_of).zip(verdicts.iter()) {
             let u = &op.user;
@@ -249,13 +247,13 @@ impl Store {
                 _ => {}
             }
         }
-        after.query::<()>(self.con()?)?;
+        self.con()?.query::<()>(&after)?;
         Ok(out)
     }
 
     /// The writes that follow an offline decision, outside the user's slot, then
     /// the remembered servers forgotten (only once the online sets are clean).
-    fn offline_writes(&self, p: &mut redis::Pipeline, u: &str, servers: &[String]) {
+    fn offline_writes(&self, p: &mut Pipe, u: &str, servers: &[String]) {
         for sid in servers {
             p.cmd("SREM")
                 .arg(format!("server:{sid}:online"))
@@ -285,19 +283,19 @@ impl Store {
             .unwrap_or_default();
         let servers = Self::servers_now(claim, members);
         let keys = user_keys(user);
-        let v: Value = redis::cmd("EVALSHA")
-            .arg(self.scripts[2].get_hash())
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.scripts[2].get_hash())
             .arg(3)
             .arg(&keys[..])
             .arg(status)
             .arg(unix_secs())
-            .arg(&servers[..])
-            .query(self.con()?)?;
+            .arg(&servers[..]);
+        let v: Value = self.con()?.query_cmd(&cmd)?;
         let (code, gone) = verdict(&v);
         if code != 1 {
             return Ok(None);
         }
-        let mut after = redis::pipe();
+        let mut after = Pipe::new();
         for sid in &servers {
             after
                 .cmd("SADD")
@@ -312,7 +310,7 @@ impl Store {
                 .arg(user)
                 .ignore();
         }
-        after.query::<()>(self.con()?)?;
+        self.con()?.query::<()>(&after)?;
         Ok(Some(Broadcast {
             user: user.to_owned(),
             servers,
@@ -325,7 +323,7 @@ impl Store {
     pub fn refresh<'a>(&mut self, users: impl Iterator<Item = &'a String>) -> RedisResult<()> {
         let ttl = self.ttl_secs();
         let now = unix_secs();
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipe::new();
         pipe.cmd("ZADD")
             .arg(NODES)
             .arg(now + ttl)
@@ -347,17 +345,17 @@ impl Store {
             pipe.cmd("ZADD").arg(EXPIRY).arg(now + ttl).arg(u).ignore();
             n += 1;
             if n % REFRESH_CHUNK == 0 {
-                pipe.query::<()>(self.con()?)?;
-                pipe = redis::pipe();
+                self.con()?.query::<()>(&pipe)?;
+                pipe = Pipe::new();
             }
         }
-        pipe.query::<()>(self.con()?)
+        self.con()?.query::<()>(&pipe)
     }
 
     /// Users Redis says this node holds (to replace with the node's own view).
     pub fn node_users(&mut self) -> RedisResult<Vec<String>> {
         let key = format!("xcord:node:{}:users", self.node);
-        redis::cmd("SMEMBERS").arg(key).query(self.con()?)
+        self.con()?.query_cmd(redis::cmd("SMEMBERS").arg(key))
     }
 
     /// Find users whose alive key lapsed and claim them (SPEC §6); `held` tells the
@@ -365,24 +363,23 @@ impl Store {
     /// holds is re-armed, so the sweep always gets past it.
     pub fn sweep(&mut self, held: impl Fn(&str) -> bool) -> RedisResult<Vec<Broadcast>> {
         let now = unix_secs();
-        let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(NODES)
-            .arg(now)
-            .arg("+inf")
-            .query(self.con()?)?;
-        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(EXPIRY)
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(SWEEP_BATCH)
-            .query(self.con()?)?;
+        let live: Vec<String> = self
+            .con()?
+            .query_cmd(redis::cmd("ZRANGEBYSCORE").arg(NODES).arg(now).arg("+inf"))?;
+        let due: Vec<String> = self.con()?.query_cmd(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(EXPIRY)
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SWEEP_BATCH),
+        )?;
         let due: Vec<String> = due.into_iter().filter(|u| !held(u)).collect();
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipe::new();
         for u in &due {
             let keys = user_keys(u);
             pipe.cmd("EVALSHA")
@@ -392,9 +389,9 @@ impl Store {
                 .arg(now)
                 .arg(&live[..]);
         }
-        let verdicts: Vec<Value> = pipe.query(self.con()?)?;
+        let verdicts: Vec<Value> = self.con()?.query(&pipe)?;
         let ttl = self.ttl_secs();
-        let mut after = redis::pipe();
+        let mut after = Pipe::new();
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for (u, v) in due.iter().zip(verdicts.iter()) {
@@ -420,7 +417,7 @@ impl Store {
                 }
             }
         }
-        after.query::<()>(self.con()?)?;
+        self.con()?.query::<()>(&after)?;
         Ok(out)
     }
 }

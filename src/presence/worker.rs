@@ -41,7 +41,7 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) fn new(s: Settings, client: Option<redis::Client>, bus: Arc<Bus>) -> Worker {
+    pub(super) fn new(s: Settings, client: Option<crate::link::Client>, bus: Arc<Bus>) -> Worker {
         let store = client.map(|c| Store::new(c, s.node_id.clone(), s.ttl));
         Worker {
             s,

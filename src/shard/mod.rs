@@ -21,6 +21,7 @@ mod sweep;
 use glommio::net::TcpListener;
 use slab::Slab;
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -30,7 +31,7 @@ use std::task::{Poll, Waker};
 use crate::admission::Admission;
 use crate::auth::Verifier;
 use crate::bus::{Bus, Ctl, Floor, Inbox, Item};
-use crate::channels::Trie;
+use crate::channels::{root_of, Trie};
 use crate::config::Config;
 use crate::limits::{SCRATCH_BYTES, TURN_BYTES, TURN_EVENTS};
 use crate::metrics::{Latency, Metrics, ShardMetrics};
@@ -98,6 +99,9 @@ pub struct Shard {
     pub dirty: RefCell<Vec<u32>>,
     /// The `seq` of the last event taken from the inbox (a subscription's floor).
     pub last_seq: Cell<u64>,
+    /// Names this shard routes, per root, and whether Redis confirmed the root
+    /// (`--routing roots`: a subscription under a confirmed root needs no wait).
+    pub roots: RefCell<HashMap<Box<str>, (u32, bool)>>,
 }
 
 impl Shard {
@@ -115,6 +119,13 @@ impl Shard {
         let (inserted, first) = self.trie.borrow_mut().insert(name, key);
         if first {
             self.ctx.bus.add_route(self.id, name);
+            if let Some(root) = root_of(name) {
+                self.roots
+                    .borrow_mut()
+                    .entry(root.into())
+                    .or_insert((0, false))
+                    .0 += 1;
+            }
         }
         if inserted {
             self.metrics().subscriptions.fetch_add(1, Relaxed);
@@ -128,9 +139,31 @@ impl Shard {
             self.metrics().subscriptions.fetch_sub(1, Relaxed);
             if last {
                 self.ctx.bus.remove_route(self.id, name);
+                if let Some(root) = root_of(name) {
+                    let mut roots = self.roots.borrow_mut();
+                    if let Some((n, _)) = roots.get_mut(root) {
+                        *n -= 1;
+                        if *n == 0 {
+                            roots.remove(root);
+                        }
+                    }
+                }
             }
         }
         removed
+    }
+
+    /// Whether a subscription under `root` made now must wait for Redis to confirm
+    /// the root (`--routing roots`, and this shard has not seen it confirmed).
+    pub fn root_is_new(&self, root: &str) -> bool {
+        self.ctx.bus.by_roots() && !self.roots.borrow().get(root).is_some_and(|r| r.1)
+    }
+
+    /// Redis confirmed `root` (while this shard routes names under it).
+    pub fn root_confirmed(&self, root: &str) {
+        if let Some(r) = self.roots.borrow_mut().get_mut(root) {
+            r.1 = true;
+        }
     }
 }
 
@@ -161,6 +194,7 @@ pub async fn run(id: usize, ctx: Arc<Context>, inbox: Arc<Inbox>, listener: TcpL
         handshakes: accept::Handshakes::default(),
         dirty: RefCell::new(Vec::new()),
         last_seq: Cell::new(0),
+        roots: RefCell::new(HashMap::new()),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     glommio::spawn_local(accept::accept_loop(shard.clone(), listener)).detach();

@@ -28,7 +28,7 @@ pub async fn memberships(shard: &Shard, user: &str, asks: &[(Root, String)]) -> 
     if asks.is_empty() {
         return Vec::new();
     }
-    let mut pipe = redis::pipe();
+    let mut pipe = crate::link::Pipe::new();
     for (root, id) in asks {
         let set = if *root == Root::Dm {
             format!("user:{user}:dms")

@@ -39,12 +39,21 @@ pub async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
     let auto_sub = channels::user_channel(&claims.sub);
     conn.out.hold();
     let floor = shard.floor();
+    let started = std::time::Instant::now();
+    let new_root = channels::root_of(&auto_sub)
+        .filter(|r| shard.root_is_new(r))
+        .map(str::to_owned);
     shard.subscribe(&auto_sub, conn.key.get());
     // Counted before HELLO_ACK (SPEC §6): once the client has it, this session keeps
     // its user online even if another of the user's sessions, on any node, ends
     // right away.
     let counted = shard.ctx.presence.started(&claims);
     let _ = glommio::timer::timeout(PRESENCE_COUNT_WAIT, async { Ok(counted.await) }).await;
+    // With `--routing roots`, the user's root confirmed on Redis first (SPEC §9);
+    // past the wait HELLO is acknowledged anyway and the root keeps being retried.
+    if let Some(root) = new_root {
+        super::subscribe::unconfirmed(shard, &[root], started).await;
+    }
     let held = conn.out.release_held();
     if conn.phase() != Phase::AwaitHello {
         // Closed while waiting: the session never started.
