@@ -235,15 +235,15 @@ fn presence_on_the_embedded_bus() {
     );
 }
 
-/// A node on `redis` with a 2 s presence TTL, sweeping every `sweep_secs`.
-fn fast_presence_node(redis: &Redis, sweep_secs: &str) -> Gateway {
+/// A node on `redis` with a `ttl_secs` presence TTL, sweeping every `sweep_secs`.
+fn presence_node(redis: &Redis, ttl_secs: u64, sweep_secs: u64) -> Gateway {
     Gateway::start(&[
         "--redis",
         &redis.url(),
         "--presence-ttl-seconds",
-        "2",
+        &ttl_secs.to_string(),
         "--presence-sweep-seconds",
-        sweep_secs,
+        &sweep_secs.to_string(),
     ])
 }
 
@@ -251,10 +251,14 @@ fn fast_presence_node(redis: &Redis, sweep_secs: &str) -> Gateway {
 fn a_killed_node_leaves_no_ghost_and_exactly_one_live_node_claims_it() {
     let redis = Redis::start();
     // Node A holds the user; B and C both sweep every second: two live sweepers,
-    // so a claim that is not atomic across nodes would broadcast twice.
-    let mut a = fast_presence_node(&redis, "1");
-    let b = fast_presence_node(&redis, "1");
-    let c = fast_presence_node(&redis, "1");
+    // so a claim that is not atomic across nodes would broadcast twice. The TTL
+    // is long next to the sweep and to whole-second timestamps, so "offline
+    // within TTL + sweep interval" tells a timely claim from one a full TTL late.
+    const TTL: u64 = 6;
+    const SWEEP: u64 = 1;
+    let mut a = presence_node(&redis, TTL, SWEEP);
+    let b = presence_node(&redis, TTL, SWEEP);
+    let c = presence_node(&redis, TTL, SWEEP);
     let (mut obs_b, _) = Client::hello(&b, &token("obs_b", &["s1"], &[]));
     obs_b.subscribe(&["server:s1"]);
     let (mut obs_c, _) = Client::hello(&c, &token("obs_c", &["s1"], &[]));
@@ -266,10 +270,10 @@ fn a_killed_node_leaves_no_ghost_and_exactly_one_live_node_claims_it() {
             "online"
         );
     }
-    // alive keys are refreshed while the node lives: after 2.5 TTLs of B and C
-    // sweeping, the user is still online
+    // alive keys are refreshed while the node lives: after more than a TTL of B
+    // and C sweeping, the user is still online
     assert_eq!(
-        presence_events(&mut obs_b, "ghost", Duration::from_secs(5)),
+        presence_events(&mut obs_b, "ghost", Duration::from_secs(TTL + 1)),
         Vec::<String>::new()
     );
     assert_eq!(
@@ -278,8 +282,9 @@ fn a_killed_node_leaves_no_ghost_and_exactly_one_live_node_claims_it() {
     );
     let tap = bus_tap(&redis, &["server:s1", "user:ghost:presence"]);
     a.kill9();
-    // offline within TTL + sweep interval (+ a margin), seen on both live nodes
-    let within = Duration::from_secs(2 + 1 + 5);
+    // offline within TTL + sweep interval of the death (SPEC §6), plus a 2 s
+    // margin, seen on both live nodes
+    let within = Duration::from_secs(TTL + SWEEP + 2);
     for obs in [&mut obs_b, &mut obs_c] {
         assert_eq!(
             wait_presence(obs, "ghost", within),
@@ -317,7 +322,7 @@ fn a_killed_node_leaves_no_ghost_and_exactly_one_live_node_claims_it() {
 #[test]
 fn a_starting_node_sweeps_at_once() {
     let redis = Redis::start();
-    let mut a = fast_presence_node(&redis, "1");
+    let mut a = presence_node(&redis, 2, 1);
     let (_u, _) = Client::hello(&a, &token("old", &["s1"], &[]));
     assert!(eventually(Duration::from_secs(5), || hget(
         &redis,
@@ -334,6 +339,8 @@ fn a_starting_node_sweeps_at_once() {
         &redis,
         "presence:old:alive"
     )));
+    // a second more, for any record of the dead node's life kept in whole seconds
+    std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(
         hget(&redis, "presence:old", "status").as_deref(),
         Some("online"),
@@ -342,7 +349,7 @@ fn a_starting_node_sweeps_at_once() {
     // A new node whose periodic sweep is a minute away: only its sweep at start
     // can take the user offline within the wait below.
     let tap = bus_tap(&redis, &["server:s1", "user:old:presence"]);
-    let _b = fast_presence_node(&redis, "60");
+    let _b = presence_node(&redis, 2, 60);
     assert!(eventually(Duration::from_secs(10), || hget(
         &redis,
         "presence:old",
