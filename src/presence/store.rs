@@ -363,9 +363,15 @@ impl Store {
     /// holds is re-armed, so the sweep always gets past it.
     pub fn sweep(&mut self, held: impl Fn(&str) -> bool) -> RedisResult<Vec<Broadcast>> {
         let now = unix_secs();
-        let live: Vec<String> = self
-            .con()?
-            .query_cmd(redis::cmd("ZRANGEBYSCORE").arg(NODES).arg(now).arg("+inf"))?;
+        // Live: alive until strictly after now. A node refreshes every TTL/3, so a
+        // live one is always well ahead; one whose last refresh was a TTL ago died
+        // in the same second its users' alive keys lapsed, and must not hold them.
+        let live: Vec<String> = self.con()?.query_cmd(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(NODES)
+                .arg(format!("({now}"))
+                .arg("+inf"),
+        )?;
         let due: Vec<String> = self.con()?.query_cmd(
             redis::cmd("ZRANGEBYSCORE")
                 .arg(EXPIRY)
