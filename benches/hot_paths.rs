@@ -93,7 +93,7 @@ fn fanout_local(c: &mut Criterion) {
     let mut conns: Slab<Rc<Conn>> = Slab::new();
     let mut t: Trie<u32> = Trie::new();
     for i in 0..n {
-        let conn = Conn::new(i as u64, "127.0.0.1".parse().unwrap(), None);
+        let conn = Conn::new(i as u64, "127.0.0.1".parse().unwrap(), None, false);
         let key = conns.insert(conn.clone()) as u32;
         conn.key.set(key);
         t.insert("live:big", key);
@@ -106,12 +106,7 @@ fn fanout_local(c: &mut Criterion) {
     g.bench_function("10k_local", |b| {
         b.iter(|| {
             seq += 1;
-            let e = Event {
-                seq,
-                channel: ev.channel.clone(),
-                frame: ev.frame.clone(),
-                received: ev.received,
-            };
+            let e = Event::new(seq, ev.channel.clone(), ev.frame.clone(), ev.received);
             let o = fanout::deliver_into(&t, &conns, black_box(&e), 1 << 20, &mut dirty);
             dirty.clear();
             assert_eq!(o.delivered, n as u64);

@@ -8,6 +8,7 @@
 
 use sonic_rs::{JsonValueTrait, LazyValue};
 use std::borrow::Cow;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use crate::limits::EVENT_CHANNEL_MAX;
@@ -23,6 +24,40 @@ pub struct Event {
     pub frame: Box<[u8]>,
     /// When the bus received it: the start of `xcord_delivery_latency_seconds`.
     pub received: Instant,
+    /// The permessage-deflate frame, made once by the first shard that needs it.
+    deflated: OnceLock<Box<[u8]>>,
+}
+
+thread_local! {
+    /// Each shard's compressor, reset for each event (no context takeover).
+    static COMPRESSOR: std::cell::RefCell<flate2::Compress> =
+        std::cell::RefCell::new(crate::protocol::deflate::compressor());
+}
+
+impl Event {
+    pub fn new(seq: u64, channel: Box<str>, frame: Box<[u8]>, received: Instant) -> Event {
+        Event {
+            seq,
+            channel,
+            frame,
+            received,
+            deflated: OnceLock::new(),
+        }
+    }
+
+    /// The compressed frame (SPEC §3: compressed once per node, the same bytes for
+    /// every subscriber that negotiated it).
+    pub fn deflated(&self) -> &[u8] {
+        self.deflated.get_or_init(|| {
+            COMPRESSOR.with(|c| {
+                crate::protocol::deflate::compress_frame(
+                    frame::payload(&self.frame),
+                    &mut c.borrow_mut(),
+                )
+                .into_boxed_slice()
+            })
+        })
+    }
 }
 
 /// The braces of a JSON object.
@@ -166,12 +201,12 @@ fn encode(
     text.extend_from_slice(br#","payload":"#);
     text.extend_from_slice(payload_json.as_bytes());
     text.extend_from_slice(b"}}");
-    Event {
+    Event::new(
         seq,
-        channel: channel.into(),
-        frame: frame::text_frame(&text).into_boxed_slice(),
+        channel.into(),
+        frame::text_frame(&text).into_boxed_slice(),
         received,
-    }
+    )
 }
 
 /// The body a backend publishes on `xcord:{root}` (`--routing roots`):

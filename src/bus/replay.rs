@@ -123,12 +123,12 @@ mod tests {
     use std::time::Instant;
 
     fn ev(seq: u64, ch: &str, n: usize) -> Arc<Event> {
-        Arc::new(Event {
+        Arc::new(Event::new(
             seq,
-            channel: ch.into(),
-            frame: vec![0u8; n].into_boxed_slice(),
-            received: Instant::now(),
-        })
+            ch.into(),
+            vec![0u8; n].into_boxed_slice(),
+            Instant::now(),
+        ))
     }
 
     #[test]

@@ -174,6 +174,17 @@ pub struct RunArgs {
     pub trusted_proxies: Vec<Cidr>,
     #[arg(long, env = "XCORD_PRESENCE_SWEEP_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub presence_sweep_seconds: u64,
+    /// `on`: negotiate permessage-deflate when a client offers it; `off`: never.
+    #[arg(long, env = "XCORD_COMPRESSION", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub compression: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected `on` or `off`, got `{s}`")),
+    }
 }
 
 /// How a node receives backend events (SPEC §5, §9).

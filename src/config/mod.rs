@@ -68,6 +68,8 @@ pub struct Config {
     pub token_grace: Duration,
     pub max_connections_per_ip: usize,
     pub trusted_proxies: Vec<Cidr>,
+    /// Negotiate permessage-deflate (SPEC §3).
+    pub compression: bool,
 }
 
 /// A duration flag, refused when it is too large for what it sets.
@@ -168,6 +170,7 @@ impl Config {
             token_grace: secs("--token-grace-seconds", a.token_grace_seconds)?,
             max_connections_per_ip: a.max_connections_per_ip,
             trusted_proxies: a.trusted_proxies,
+            compression: a.compression,
         })
     }
 

@@ -5,6 +5,7 @@
 //! close code or an `ERROR` reply, as SPEC §3 lists them.
 
 pub mod codes;
+pub mod deflate;
 pub mod depth;
 pub mod frame;
 pub mod messages;

@@ -37,6 +37,7 @@ use crate::config::Cidr;
 use crate::limits::{
     ACCEPT_BACKOFF, HEAD_TIMEOUT_MAX, MAX_HANDSHAKES, MAX_HEAD, RESPOND_TIMEOUT, SHED_AGE,
 };
+use crate::protocol::deflate;
 use crate::throttle::Throttle;
 
 const PROXY_V1: &[u8] = b"PROXY ";
@@ -336,6 +337,8 @@ enum Decision {
         accept_key: String,
         claims: Option<Claims>,
         ip: IpAddr,
+        /// permessage-deflate offered and accepted.
+        deflate: bool,
     },
     Refuse(&'static str, &'static str),
 }
@@ -390,10 +393,18 @@ fn decide(shard: &Shard, head: &[u8], mut ip: IpAddr) -> Decision {
             }
         }
     };
+    let deflate = shard.ctx.cfg.compression
+        && deflate::accept_offer(
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .filter_map(|h| std::str::from_utf8(h.value).ok()),
+        );
     Decision::Upgrade {
         accept_key: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         claims,
         ip,
+        deflate,
     }
 }
 
@@ -419,19 +430,20 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>
         Ok(Ok(h)) => h,
         _ => return, // timed out, shed, closed, oversized, or an untrusted PROXY header
     };
-    let (accept_key, claims, ip) = match decide(&shard, &bytes[..head_len], proxied.unwrap_or(peer))
-    {
-        Decision::Refuse(status, body) => {
-            shard.metrics().rejected_http.fetch_add(1, Relaxed);
-            respond(&mut stream, status, body).await;
-            return;
-        }
-        Decision::Upgrade {
-            accept_key,
-            claims,
-            ip,
-        } => (accept_key, claims, ip),
-    };
+    let (accept_key, claims, ip, deflate) =
+        match decide(&shard, &bytes[..head_len], proxied.unwrap_or(peer)) {
+            Decision::Refuse(status, body) => {
+                shard.metrics().rejected_http.fetch_add(1, Relaxed);
+                respond(&mut stream, status, body).await;
+                return;
+            }
+            Decision::Upgrade {
+                accept_key,
+                claims,
+                ip,
+                deflate,
+            } => (accept_key, claims, ip, deflate),
+        };
     let admission = &shard.ctx.admission;
     // The node's drain flag is set before any shard hears of the drain.
     if let Err(why) = admission.admit(ip) {
@@ -446,8 +458,13 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>
         respond(&mut stream, status, body).await;
         return;
     }
+    let extensions = if deflate {
+        format!("Sec-WebSocket-Extensions: {}\r\n", deflate::RESPONSE)
+    } else {
+        String::new()
+    };
     let resp = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{extensions}\r\n"
     );
     if write_all(&mut stream, resp.as_bytes()).await.is_err() {
         admission.release(ip);
@@ -455,7 +472,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, slot: Rc<HandshakeSlot>
     }
     let id = shard.next_conn_id.get();
     shard.next_conn_id.set(id + 1);
-    let conn = Conn::new(id, ip, claims);
+    let conn = Conn::new(id, ip, claims, deflate);
     conn.attach(stream);
     {
         let mut conns = shard.conns.borrow_mut();

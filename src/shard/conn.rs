@@ -72,6 +72,9 @@ pub struct Conn {
     pub id: u64,
     pub ip: IpAddr,
     pub opened: Instant,
+    /// permessage-deflate negotiated (SPEC §3): compressed event frames, and
+    /// client frames inflated. A flag: no compression state per connection.
+    pub deflate: bool,
     pub life: Life,
     pub out: Outbound,
     /// The `seq` of the last event queued here (exactly-once across overlapping
@@ -90,13 +93,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: u64, ip: IpAddr, header_claims: Option<Claims>) -> Rc<Conn> {
+    pub fn new(id: u64, ip: IpAddr, header_claims: Option<Claims>, deflate: bool) -> Rc<Conn> {
         let now = Instant::now();
         Rc::new_cyclic(|me| Conn {
             key: Cell::new(u32::MAX),
             id,
             ip,
             opened: now,
+            deflate,
             life: Life {
                 phase: Cell::new(Phase::AwaitHello),
                 close_code: Cell::new(None),
@@ -372,7 +376,7 @@ mod tests {
     /// to be dropped silently; they make a slow consumer like any queued byte.
     #[test]
     fn events_held_during_hello_past_the_bound_close_4010() {
-        let c = Conn::new(1, "127.0.0.1".parse().unwrap(), None);
+        let c = Conn::new(1, "127.0.0.1".parse().unwrap(), None, false);
         c.out.hold();
         let frame = [b'x'; 600];
         assert_eq!(c.enqueue(&frame, Instant::now(), 1024), Push::Held);
@@ -384,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_queued_frame_past_the_bound_closes_4010_and_keeps_nothing_unsent() {
-        let c = Conn::new(1, "127.0.0.1".parse().unwrap(), None);
+        let c = Conn::new(1, "127.0.0.1".parse().unwrap(), None, false);
         let frame = [b'x'; 600];
         assert_eq!(c.enqueue(&frame, Instant::now(), 1024), Push::Queued);
         assert_eq!(c.enqueue(&frame, Instant::now(), 1024), Push::Refused);

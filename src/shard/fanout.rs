@@ -43,6 +43,9 @@ pub fn deliver_into(
     dirty: &mut Vec<u32>,
 ) -> Outcome {
     let mut out = Outcome::default();
+    // The compressed frame, made (once per node) when the first subscriber that
+    // negotiated permessage-deflate is met.
+    let mut deflated: Option<&[u8]> = None;
     trie.for_each_covering(&ev.channel, |key| {
         let Some(c) = conns.get(key as usize) else {
             return;
@@ -51,7 +54,12 @@ pub fn deliver_into(
             return;
         }
         c.last_seq.set(ev.seq);
-        match c.enqueue(&ev.frame, ev.received, send_queue_bytes) {
+        let frame = if c.deflate {
+            *deflated.get_or_insert_with(|| ev.deflated())
+        } else {
+            &ev.frame
+        };
+        match c.enqueue(frame, ev.received, send_queue_bytes) {
             Push::Queued => {
                 out.delivered += 1;
                 if !c.out.dirty.get() {

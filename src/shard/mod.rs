@@ -102,6 +102,10 @@ pub struct Shard {
     /// Names this shard routes, per root, and whether Redis confirmed the root
     /// (`--routing roots`: a subscription under a confirmed root needs no wait).
     pub roots: RefCell<HashMap<Box<str>, (u32, bool)>>,
+    /// The inflater for compressed client messages (reset for each one), and
+    /// where it writes: shared by the shard's connections, like `scratch`.
+    pub inflater: RefCell<flate2::Decompress>,
+    pub inflated: RefCell<Vec<u8>>,
 }
 
 impl Shard {
@@ -195,6 +199,8 @@ pub async fn run(id: usize, ctx: Arc<Context>, inbox: Arc<Inbox>, listener: TcpL
         dirty: RefCell::new(Vec::new()),
         last_seq: Cell::new(0),
         roots: RefCell::new(HashMap::new()),
+        inflater: RefCell::new(crate::protocol::deflate::inflater()),
+        inflated: RefCell::new(Vec::new()),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     glommio::spawn_local(accept::accept_loop(shard.clone(), listener)).detach();

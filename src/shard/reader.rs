@@ -23,6 +23,7 @@ use super::conn::Conn;
 use super::{commands, Shard};
 use crate::bus::{Detached, RouteOp};
 use crate::protocol::codes;
+use crate::protocol::deflate::Inflating;
 use crate::protocol::frame::FrameTracker;
 
 /// A `Read + Write` view for tungstenite's codec: reads from the bytes just received,
@@ -93,54 +94,90 @@ async fn read_some(shard: &Shard, conn: &Conn) -> ReadOutcome {
     .await
 }
 
+/// A connection's frame codec while it holds something (an idle connection keeps
+/// none: the context and its read buffer; loadtest/RESULTS.md, "Memory"), and, with
+/// permessage-deflate, the stage that inflates compressed messages before it.
+struct Codec {
+    ws: Option<Box<WebSocketContext>>,
+    inflating: Option<Inflating>,
+    msgs: VecDeque<Message>,
+}
+
+impl Codec {
+    /// Run newly received bytes through the codec; true once the closing handshake
+    /// is complete.
+    fn take(&mut self, shard: &Shard, conn: &Conn, bytes: &[u8]) -> bool {
+        let cfg = &shard.ctx.cfg;
+        let ws = self.ws.get_or_insert_with(|| {
+            Box::new(WebSocketContext::new(
+                tungstenite::protocol::Role::Server,
+                Some(ws_config(cfg)),
+            ))
+        });
+        if !conn.deflate {
+            return feed(conn, ws, bytes, &mut self.msgs, cfg.send_queue_bytes);
+        }
+        let mut plain = shard.inflated.borrow_mut();
+        plain.clear();
+        let st = self.inflating.get_or_insert_with(Inflating::default);
+        let r = st.feed(
+            bytes,
+            &mut plain,
+            cfg.max_message_size,
+            &mut shard.inflater.borrow_mut(),
+        );
+        let done = feed(conn, ws, &plain, &mut self.msgs, cfg.send_queue_bytes);
+        if plain.capacity() > crate::limits::SCRATCH_BYTES {
+            *plain = Vec::new();
+        }
+        if let Err(code) = r {
+            self.msgs.clear();
+            conn.begin_close(code, true);
+        }
+        done
+    }
+
+    /// Between messages (no partial frame, no open fragmented or compressed
+    /// message, no pending pong — `MemIo` takes every write — the close handshake
+    /// not begun) the codec is provably stateless: drop it.
+    fn rest(&mut self, conn: &Conn, frames: &FrameTracker) {
+        let idle = self.inflating.as_ref().is_none_or(Inflating::idle);
+        if !conn.is_closing() && frames.at_boundary() && idle {
+            self.ws = None;
+            self.inflating = None;
+        }
+        if self.msgs.capacity() > 0 && self.msgs.is_empty() {
+            self.msgs = VecDeque::new(); // idle connections keep no message buffer
+        }
+    }
+}
+
 /// Serve an upgraded connection until it is gone. `leftover`: bytes read after the
 /// HTTP request (a client may send its first frame right behind it).
 pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
-    // The frame codec exists only while it holds something: an idle connection
-    // keeps none (the context and its read buffer; loadtest/RESULTS.md, "Memory").
-    let new_codec = || {
-        Box::new(WebSocketContext::new(
-            tungstenite::protocol::Role::Server,
-            Some(ws_config(&shard.ctx.cfg)),
-        ))
+    let mut codec = Codec {
+        ws: None,
+        inflating: None,
+        msgs: VecDeque::new(),
     };
-    let mut ws: Option<Box<WebSocketContext>> = None;
-    let mut msgs: VecDeque<Message> = VecDeque::new();
-
-    let limit = shard.ctx.cfg.send_queue_bytes;
     let mut frames = FrameTracker::default();
     if frames.feed(&leftover) > 0 {
         conn.last_rx.set(Instant::now());
     }
-    let mut finished = !leftover.is_empty()
-        && feed(
-            &conn,
-            ws.get_or_insert_with(new_codec),
-            &leftover,
-            &mut msgs,
-            limit,
-        );
+    let mut finished = !leftover.is_empty() && codec.take(&shard, &conn, &leftover);
     drop(leftover);
     while !finished {
-        while let Some(m) = msgs.pop_front() {
+        while let Some(m) = codec.msgs.pop_front() {
             // After our own close nothing more runs; after the peer's close, what it
             // sent before closing still does (a SET_PRESENCE right before leaving).
             if conn.is_closing() && !conn.life.peer_closed.get() {
-                msgs.clear();
+                codec.msgs.clear();
                 break;
             }
             // Boxed: a command's future is large and rare; the idle task stays small.
             Box::pin(commands::handle_message(&shard, &conn, m)).await;
         }
-        if msgs.capacity() > 0 {
-            msgs = VecDeque::new(); // idle connections keep no message buffer
-        }
-        if !conn.is_closing() && frames.at_boundary() {
-            // Provably stateless between messages: no partial frame, no open
-            // fragmented message, no pending pong (`MemIo` takes every write), the
-            // close handshake not begun. A fresh codec is made for the next bytes.
-            ws = None;
-        }
+        codec.rest(&conn, &frames);
         match read_some(&shard, &conn).await {
             ReadOutcome::Eof => break,
             ReadOutcome::Data(n) => {
@@ -150,13 +187,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
                 if frames.feed(&scratch[..n]) > 0 {
                     conn.last_rx.set(Instant::now());
                 }
-                finished = feed(
-                    &conn,
-                    ws.get_or_insert_with(new_codec),
-                    &scratch[..n],
-                    &mut msgs,
-                    limit,
-                );
+                finished = codec.take(&shard, &conn, &scratch[..n]);
             }
         }
     }
@@ -177,8 +208,7 @@ pub async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, leftover: Vec<u8>) {
                 )
             };
             if n > 0 {
-                let ws = ws.get_or_insert_with(new_codec);
-                feed(&conn, ws, &scratch[..n as usize], &mut msgs, limit);
+                codec.take(&shard, &conn, &scratch[..n as usize]);
             }
         }
     }
