@@ -133,6 +133,7 @@ impl Server {
             .map_err(|e| e.to_string())?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = cfg.jwt_leeway_secs;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let mut s = Server {

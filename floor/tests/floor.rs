@@ -39,6 +39,8 @@ fn hello_ack_then_ping_and_bad_tokens_close_4004() {
     let now_s = now / 1000;
     let mut expired = Claims::new("bob", &[], &[], 60);
     expired.exp = now_s - 3600;
+    let mut not_yet = Claims::new("bob", &[], &[], 7200);
+    not_yet.nbf = Some(now_s + 3600);
     let no_exp = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"sub": "bob"}),
@@ -48,6 +50,7 @@ fn hello_ack_then_ping_and_bad_tokens_close_4004() {
     let bad = [
         json!({"token": sign_hs256(b"another secret", &Claims::new("bob", &[], &[], 60)).unwrap()}),
         json!({"token": sign_hs256(SECRET.as_bytes(), &expired).unwrap()}),
+        json!({"token": sign_hs256(SECRET.as_bytes(), &not_yet).unwrap()}),
         json!({"token": no_exp}),
         json!({"token": "not.a.token"}),
         json!({}),
