@@ -154,11 +154,17 @@ impl Bus {
         self.stamped.load(Relaxed)
     }
 
-    /// Queue a route operation (add, remove, park, resume, await).
+    /// Queue a route operation (add, remove, park, resume, await). The bus thread
+    /// applies every queued change before it routes the next event, so only an
+    /// operation someone waits on (a RESUME, a root to confirm) wakes it: a connect
+    /// storm's routes cost no wake-up each.
     pub fn route_op(&self, op: RouteOp) {
+        let wake = matches!(op, RouteOp::Resume { .. } | RouteOp::Await { .. });
         let _ = self.routes.send(op);
-        if let Some(w) = &self.waker {
-            w.wake();
+        if wake {
+            if let Some(w) = &self.waker {
+                w.wake();
+            }
         }
     }
 

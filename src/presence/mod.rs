@@ -56,6 +56,8 @@ pub enum Change {
         status: String,
         servers: Vec<String>,
     },
+    /// Changes queued together (a shard's [`Outbox`]), in order.
+    Batch(Vec<Change>),
 }
 
 /// What shards and the bus router hold to tell presence about sessions. It knows
@@ -98,6 +100,24 @@ impl Presence {
         ok
     }
 
+    /// Send what an [`Outbox`] gathered, as one message (one wake of the thread).
+    /// Past the soft cap its status changes are dropped and counted.
+    pub fn send_batch(&self, mut changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        if self.tx.len() >= self.soft_cap {
+            let before = changes.len();
+            changes.retain(|c| !matches!(c, Change::Set { .. }));
+            for _ in changes.len()..before {
+                self.metrics.bus.dropped(DropReason::PublishFailed);
+            }
+        }
+        if self.tx.send(Change::Batch(changes)).is_err() {
+            self.metrics.bus.dropped(DropReason::PublishFailed);
+        }
+    }
+
     /// Count a new session; the receiver resolves once it is counted (or could not be).
     pub fn started(&self, claims: &Claims) -> futures_channel::oneshot::Receiver<()> {
         let (tx, rx) = futures_channel::oneshot::channel();
@@ -123,6 +143,59 @@ impl Presence {
             status: status.to_owned(),
             servers: claims.servers.clone(),
         });
+    }
+}
+
+/// A shard's queue of presence changes: every change of the shard's sessions goes
+/// through it, in order, and leaves as one [`Change::Batch`] when the shard gets
+/// to it (a connect storm wakes the presence thread once per batch, not once per
+/// session). Single-threaded: each shard owns one.
+#[derive(Default)]
+pub struct Outbox {
+    changes: std::cell::RefCell<Vec<Change>>,
+}
+
+impl Outbox {
+    /// Queue a change; true when it is the first since the last flush (the caller
+    /// schedules one).
+    fn push(&self, c: Change) -> bool {
+        let mut v = self.changes.borrow_mut();
+        v.push(c);
+        v.len() == 1
+    }
+
+    /// A session started; the receiver resolves once it is counted. The bool: a
+    /// flush must be scheduled.
+    pub fn started(&self, claims: &Claims) -> (futures_channel::oneshot::Receiver<()>, bool) {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let first = self.push(Change::Start {
+            user: claims.sub.clone(),
+            servers: claims.servers.clone(),
+            done: Some(tx),
+        });
+        (rx, first)
+    }
+
+    /// A session of `user` ended; true: a flush must be scheduled.
+    pub fn ended(&self, user: &str) -> bool {
+        self.push(Change::End {
+            user: user.to_owned(),
+        })
+    }
+
+    /// SET_PRESENCE; true: a flush must be scheduled.
+    pub fn set_status(&self, claims: &Claims, status: &str) -> bool {
+        self.push(Change::Set {
+            user: claims.sub.clone(),
+            status: status.to_owned(),
+            servers: claims.servers.clone(),
+        })
+    }
+
+    /// Hand everything queued to the presence thread.
+    pub fn flush(&self, presence: &Presence) {
+        let changes = std::mem::take(&mut *self.changes.borrow_mut());
+        presence.send_batch(changes);
     }
 }
 
@@ -169,6 +242,7 @@ mod tests {
                 Change::Start { .. } => "start",
                 Change::End { .. } => "end",
                 Change::Set { .. } => "set",
+                Change::Batch(_) => "batch",
             })
             .collect();
         assert_eq!(kinds, vec!["set", "set", "end", "start"]);

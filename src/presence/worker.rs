@@ -251,6 +251,11 @@ impl Worker {
                 status,
                 servers,
             } => self.set(user, status, servers),
+            Change::Batch(changes) => {
+                for c in changes {
+                    self.apply(c);
+                }
+            }
         }
     }
 

@@ -35,7 +35,7 @@ use crate::channels::{root_of, Trie};
 use crate::config::Config;
 use crate::limits::{SCRATCH_BYTES, TURN_BYTES, TURN_EVENTS};
 use crate::metrics::{Latency, Metrics, ShardMetrics};
-use crate::presence::Presence;
+use crate::presence::{Outbox, Presence};
 use conn::Conn;
 
 /// What every shard needs from the node. Immutable or thread-safe.
@@ -106,6 +106,8 @@ pub struct Shard {
     /// where it writes: shared by the shard's connections, like `scratch`.
     pub inflater: RefCell<flate2::Decompress>,
     pub inflated: RefCell<Vec<u8>>,
+    /// Presence changes of this shard's sessions, sent in batches.
+    presence_out: Outbox,
 }
 
 impl Shard {
@@ -163,6 +165,47 @@ impl Shard {
         self.ctx.bus.by_roots() && !self.roots.borrow().get(root).is_some_and(|r| r.1)
     }
 
+    /// A session started: counted by presence (batched with this turn's other
+    /// changes); the receiver resolves once it is counted.
+    pub fn presence_started(
+        &self,
+        claims: &crate::auth::Claims,
+    ) -> futures_channel::oneshot::Receiver<()> {
+        let (rx, first) = self.presence_out.started(claims);
+        if first {
+            self.schedule_presence_flush();
+        }
+        rx
+    }
+
+    /// A session of `user` ended.
+    pub fn presence_ended(&self, user: &str) {
+        if self.presence_out.ended(user) {
+            self.schedule_presence_flush();
+        }
+    }
+
+    /// SET_PRESENCE.
+    pub fn presence_set(&self, claims: &crate::auth::Claims, status: &str) {
+        if self.presence_out.set_status(claims, status) {
+            self.schedule_presence_flush();
+        }
+    }
+
+    /// Send the queued presence changes once the tasks ready now have run (a
+    /// connect storm's HELLOs of one reactor turn go as one batch).
+    fn schedule_presence_flush(&self) {
+        if let Some(shard) = current() {
+            let queue = glommio::executor().current_task_queue();
+            let flush = async move { shard.presence_out.flush(&shard.ctx.presence) };
+            if let Ok(t) = glommio::spawn_local_into(flush, queue) {
+                t.detach();
+                return;
+            }
+        }
+        self.presence_out.flush(&self.ctx.presence);
+    }
+
     /// Redis confirmed `root` (while this shard routes names under it).
     pub fn root_confirmed(&self, root: &str) {
         if let Some(r) = self.roots.borrow_mut().get_mut(root) {
@@ -201,6 +244,7 @@ pub async fn run(id: usize, ctx: Arc<Context>, inbox: Arc<Inbox>, listener: TcpL
         roots: RefCell::new(HashMap::new()),
         inflater: RefCell::new(crate::protocol::deflate::inflater()),
         inflated: RefCell::new(Vec::new()),
+        presence_out: Outbox::default(),
     });
     CURRENT.with(|c| *c.borrow_mut() = Some(shard.clone()));
     glommio::spawn_local(accept::accept_loop(shard.clone(), listener)).detach();

@@ -339,7 +339,7 @@ fn cleanup(shard: &Shard, conn: &Conn) {
             commands::typing::publish(shard, &s.claims.sub, ch, false);
         }
         if !park && !shard.draining.fired() {
-            shard.ctx.presence.ended(&s.claims.sub);
+            shard.presence_ended(&s.claims.sub);
         }
     }
     shard.conns.borrow_mut().try_remove(key as usize);

@@ -47,7 +47,7 @@ pub async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
     // Counted before HELLO_ACK (SPEC §6): once the client has it, this session keeps
     // its user online even if another of the user's sessions, on any node, ends
     // right away.
-    let counted = shard.ctx.presence.started(&claims);
+    let counted = shard.presence_started(&claims);
     let _ = glommio::timer::timeout(PRESENCE_COUNT_WAIT, async { Ok(counted.await) }).await;
     // With `--routing roots`, the user's root confirmed on Redis first (SPEC §9);
     // past the wait HELLO is acknowledged anyway and the root keeps being retried.
@@ -58,7 +58,7 @@ pub async fn hello(shard: &Rc<Shard>, conn: &Rc<Conn>, token: Option<String>) {
     if conn.phase() != Phase::AwaitHello {
         // Closed while waiting: the session never started.
         shard.unsubscribe(&auto_sub, conn.key.get());
-        shard.ctx.presence.ended(&claims.sub);
+        shard.presence_ended(&claims.sub);
         return;
     }
     start_session(shard, conn, claims, new_session_id(), floor);

@@ -134,7 +134,7 @@ pub async fn handle_message(shard: &Rc<Shard>, conn: &Rc<Conn>, m: Message) {
 
 fn set_presence(shard: &Shard, conn: &Conn, status: &str) {
     if let Some(s) = conn.session.borrow().as_ref() {
-        shard.ctx.presence.set_status(&s.claims, status);
+        shard.presence_set(&s.claims, status);
     }
 }
 

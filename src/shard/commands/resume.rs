@@ -57,7 +57,7 @@ fn give_up(shard: &Shard, r: Resumed, park_again: bool) {
         shard.ctx.bus.release_route(shard.id, n);
     }
     if !park_again {
-        shard.ctx.presence.ended(&user);
+        shard.presence_ended(&user);
     }
 }
 
