@@ -455,3 +455,40 @@ fn bad_routing_flags_are_refused_at_start() {
         assert!(err.starts_with("error:"), "{err}");
     }
 }
+
+/// Two nodes whose clients hold disjoint halves of the roots: each node's bus
+/// receives exactly the events of its own half (interest-based routing), where a
+/// pattern node would receive them all.
+#[test]
+fn each_node_receives_only_the_roots_its_clients_hold() {
+    let c = Cluster::start(3, 0);
+    let a = roots_node(&c, &[]);
+    let b = roots_node(&c, &[]);
+    let (mut ca, _) = Client::hello(&a, &token("ann", &[], &[]));
+    let (mut cb, _) = Client::hello(&b, &token("bob", &[], &[]));
+    let half: Vec<String> = (0..10).map(|i| format!("live:r{i}")).collect();
+    let other: Vec<String> = (10..20).map(|i| format!("live:r{i}")).collect();
+    ca.subscribe(&half.iter().map(String::as_str).collect::<Vec<_>>());
+    cb.subscribe(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    // Let the sessions' own presence events (user:{sub}) pass before counting.
+    std::thread::sleep(Duration::from_millis(500));
+    let (ra, rb) = (
+        a.metric_exact("xcord_events_received_total"),
+        b.metric_exact("xcord_events_received_total"),
+    );
+    for round in 0..5 {
+        for ch in half.iter().chain(&other) {
+            assert_eq!(c.spublish(ch, "m", json!({"round": round})), 1, "{ch}");
+        }
+    }
+    for _ in 0..50 {
+        ca.expect_event();
+        cb.expect_event();
+    }
+    assert!(eventually(Duration::from_secs(5), || {
+        a.metric_exact("xcord_events_received_total") - ra == 50.0
+            && b.metric_exact("xcord_events_received_total") - rb == 50.0
+    }));
+    ca.expect_silence(Duration::from_millis(300));
+    cb.expect_silence(Duration::from_millis(300));
+}
