@@ -7,6 +7,13 @@
 //!   subscribers, through the real `fanout::deliver_into` (trie walk, copy into
 //!   each outbound buffer, dirty list; the socket writes are not included).
 //!
+//! * `fanout/10k_local_deflate`: the same with every subscriber having negotiated
+//!   permessage-deflate: one compression per event (a fresh event each iteration)
+//!   and the compressed frame copied 10,000 times — against `10k_local`, what
+//!   compression costs the fan-out;
+//! * `compression/event`: compressing one event frame (and, printed once, the bytes
+//!   on the wire with and without compression for the chat-like body).
+//!
 //! Run: `cargo bench --bench hot_paths`. Figures go in loadtest/RESULTS.md as ratios.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -89,11 +96,16 @@ fn parse_encode(c: &mut Criterion) {
 }
 
 fn fanout_local(c: &mut Criterion) {
+    fanout_bench(c, "10k_local", false);
+    fanout_bench(c, "10k_local_deflate", true);
+}
+
+fn fanout_bench(c: &mut Criterion, name: &str, deflate: bool) {
     let n = 10_000u32;
     let mut conns: Slab<Rc<Conn>> = Slab::new();
     let mut t: Trie<u32> = Trie::new();
     for i in 0..n {
-        let conn = Conn::new(i as u64, "127.0.0.1".parse().unwrap(), None, false);
+        let conn = Conn::new(i as u64, "127.0.0.1".parse().unwrap(), None, deflate);
         let key = conns.insert(conn.clone()) as u32;
         conn.key.set(key);
         t.insert("live:big", key);
@@ -103,7 +115,7 @@ fn fanout_local(c: &mut Criterion) {
     let mut dirty = Vec::with_capacity(n as usize);
     let mut g = c.benchmark_group("fanout");
     g.throughput(Throughput::Elements(n as u64));
-    g.bench_function("10k_local", |b| {
+    g.bench_function(name, |b| {
         b.iter(|| {
             seq += 1;
             let e = Event::new(seq, ev.channel.clone(), ev.frame.clone(), ev.received);
@@ -121,5 +133,29 @@ fn fanout_local(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, trie, parse_encode, fanout_local);
+fn compression(c: &mut Criterion) {
+    let ev = event::build(b"server:s42:channel:c7", BODY, 123_456, Instant::now()).unwrap();
+    let text = frame::payload(&ev.frame).to_vec();
+    let mut z = xcord_gateway::protocol::deflate::compressor();
+    let compressed = xcord_gateway::protocol::deflate::compress_frame(&text, &mut z);
+    eprintln!(
+        "compression: event frame {} B plain, {} B compressed ({:.0}%)",
+        ev.frame.len(),
+        compressed.len(),
+        100.0 * compressed.len() as f64 / ev.frame.len() as f64
+    );
+    let mut g = c.benchmark_group("compression");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("event", |b| {
+        b.iter(|| {
+            black_box(xcord_gateway::protocol::deflate::compress_frame(
+                black_box(&text),
+                &mut z,
+            ))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, trie, parse_encode, fanout_local, compression);
 criterion_main!(benches);
