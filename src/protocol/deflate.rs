@@ -72,8 +72,8 @@ fn acceptable(offer: &str) -> bool {
 
 /// A compressor for event frames (one per thread: reset before each message). The
 /// fastest level: events are small JSON, compressed once each but on the event
-/// path, and level 6 costs 2.6x the CPU for 11% fewer bytes (benches/hot_paths.rs,
-/// `compression/event`).
+/// path, and a higher level costs far more CPU for few bytes (loadtest/RESULTS.md,
+/// "Compression").
 pub fn compressor() -> Compress {
     Compress::new(Compression::new(1), false)
 }
