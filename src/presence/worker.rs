@@ -25,7 +25,7 @@ struct Local {
     /// The servers the claims of its sessions name (since the first of them).
     servers: Vec<String>,
     /// The last status (decisions without Redis).
-    status: String,
+    status: &'static str,
 }
 
 pub(super) struct Worker {
@@ -201,7 +201,7 @@ impl Worker {
                 let l = self.local.entry(user.clone()).or_insert_with(|| Local {
                     sessions: 0,
                     servers: Vec::new(),
-                    status: "online".into(),
+                    status: "online",
                 });
                 l.sessions += 1;
                 for s in servers {
@@ -268,7 +268,12 @@ impl Worker {
             if l.status == status {
                 return;
             }
-            l.status = status.clone();
+            // One of SET_PRESENCE's statuses (decoding refused any other).
+            l.status = match status.as_str() {
+                "idle" => "idle",
+                "dnd" => "dnd",
+                _ => "online",
+            };
             self.publish(vec![Broadcast {
                 user,
                 servers,

@@ -100,7 +100,7 @@ pub struct Shard {
     /// The `seq` of the last event taken from the inbox (a subscription's floor).
     pub last_seq: Cell<u64>,
     /// Names this shard routes, per root, and whether Redis confirmed the root
-    /// (`--routing roots`: a subscription under a confirmed root needs no wait).
+    /// (`--routing roots` only: a subscription under a confirmed root needs no wait).
     pub roots: RefCell<HashMap<Box<str>, (u32, bool)>>,
     /// The inflater for compressed client messages (reset for each one), and
     /// where it writes: shared by the shard's connections, like `scratch`.
@@ -145,7 +145,7 @@ impl Shard {
             self.metrics().subscriptions.fetch_sub(1, Relaxed);
             if last {
                 self.ctx.bus.remove_route(self.id, name);
-                if let Some(root) = root_of(name) {
+                if let Some(root) = root_of(name).filter(|_| self.ctx.bus.by_roots()) {
                     let mut roots = self.roots.borrow_mut();
                     if let Some((n, _)) = roots.get_mut(root) {
                         *n -= 1;

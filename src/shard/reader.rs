@@ -99,7 +99,9 @@ async fn read_some(shard: &Shard, conn: &Conn) -> ReadOutcome {
 /// permessage-deflate, the stage that inflates compressed messages before it.
 struct Codec {
     ws: Option<Box<WebSocketContext>>,
-    inflating: Option<Inflating>,
+    /// Boxed: only connections that negotiated compression need it, and the
+    /// reader's future (one per connection) stays small.
+    inflating: Option<Box<Inflating>>,
     msgs: VecDeque<Message>,
 }
 
@@ -119,7 +121,7 @@ impl Codec {
         }
         let mut plain = shard.inflated.borrow_mut();
         plain.clear();
-        let st = self.inflating.get_or_insert_with(Inflating::default);
+        let st = self.inflating.get_or_insert_with(Box::default);
         let r = st.feed(
             bytes,
             &mut plain,
@@ -141,7 +143,7 @@ impl Codec {
     /// message, no pending pong — `MemIo` takes every write — the close handshake
     /// not begun) the codec is provably stateless: drop it.
     fn rest(&mut self, conn: &Conn, frames: &FrameTracker) {
-        let idle = self.inflating.as_ref().is_none_or(Inflating::idle);
+        let idle = self.inflating.as_ref().is_none_or(|i| i.idle());
         if !conn.is_closing() && frames.at_boundary() && idle {
             self.ws = None;
             self.inflating = None;
