@@ -1,13 +1,16 @@
-//! Per-connection accounting of what arrives: each load-test event is read from the
-//! exact bytes the publisher wrote (a JSON parse only as the fallback) and counted
-//! once as a first receipt, a duplicate, out of order or unexpected, with its
-//! end-to-end latency. A connection keeps one bitmap of received `k` per channel it
-//! covers, and checks that the frames' top-level `seq` grows.
+//! Per-connection accounting of what arrives: each load-test event is read in place
+//! from the exact bytes the publisher wrote (a JSON parse only as the fallback) and
+//! counted once as a first receipt, a duplicate, out of order or unexpected, with
+//! its end-to-end latency. A connection keeps one bitmap of received `k` per
+//! channel it covers, and checks that the frames' top-level `seq` grows. Counts go
+//! to the worker thread's [`Acc`] (plain integers, flushed to the run's atomics
+//! once per event-loop turn), latencies to the thread's own histograms.
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::Env;
-use crate::stats::record_latency;
+use crate::clock::Clock;
+use crate::plan::Plan;
+use crate::stats::{Counters, Local};
 
 /// The fields of a load-test event's `lt` object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +44,7 @@ fn expect_lit(b: &[u8], pos: &mut usize, lit: &[u8]) -> Option<()> {
 
 /// Find and read `"lt":{"run":R,"seq":S,"ch":C,"k":K,"s":ST,"t":T}` — the exact bytes
 /// we published, which the gateway forwards untouched. Falls back to a JSON parse.
-pub fn parse_lt(text: &str) -> Option<Lt> {
-    let b = text.as_bytes();
+pub fn parse_lt(b: &[u8]) -> Option<Lt> {
     let at = memchr::memmem::find(b, b"\"lt\"")?;
     let fast = (|| {
         let mut p = at + 4;
@@ -68,7 +70,7 @@ pub fn parse_lt(text: &str) -> Option<Lt> {
         })
     })();
     fast.or_else(|| {
-        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
         let lt = v.get("payload")?.get("payload")?.get("lt")?;
         let g = |k: &str| lt.get(k).and_then(|x| x.as_u64());
         Some(Lt {
@@ -106,6 +108,69 @@ struct Track {
     bits: Vec<u64>,
 }
 
+/// One worker thread's counts since its last flush.
+#[derive(Default)]
+pub struct Acc {
+    pub received: u64,
+    pub distinct: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub unexpected: u64,
+    pub stale: u64,
+    pub other_events: u64,
+    pub seq_regressions: u64,
+    pub pongs: u64,
+    pub pings: u64,
+    pub typing_sent: u64,
+    pub step_distinct: Vec<u64>,
+    /// Nanoseconds since the clock's base of the latest first receipt.
+    pub last_receive_ns: u64,
+}
+
+impl Acc {
+    /// Add the counts to the run's atomics and start again from zero.
+    pub fn flush(&mut self, c: &Counters) {
+        for (n, a) in [
+            (&mut self.received, &c.received),
+            (&mut self.distinct, &c.distinct),
+            (&mut self.duplicated, &c.duplicated),
+            (&mut self.out_of_order, &c.out_of_order),
+            (&mut self.unexpected, &c.unexpected),
+            (&mut self.stale, &c.stale),
+            (&mut self.other_events, &c.other_events),
+            (&mut self.seq_regressions, &c.seq_regressions),
+            (&mut self.pongs, &c.pongs),
+            (&mut self.pings, &c.pings),
+            (&mut self.typing_sent, &c.typing_sent),
+        ] {
+            if *n > 0 {
+                a.fetch_add(*n, Relaxed);
+                *n = 0;
+            }
+        }
+        for (i, n) in self.step_distinct.iter_mut().enumerate() {
+            if *n > 0 {
+                if let Some(a) = c.step_distinct.get(i) {
+                    a.fetch_add(*n, Relaxed);
+                }
+                *n = 0;
+            }
+        }
+        if self.last_receive_ns > 0 {
+            c.last_receive_ns.fetch_max(self.last_receive_ns, Relaxed);
+        }
+    }
+}
+
+/// What accounting an event needs besides the connection's own state.
+pub struct Sink<'a> {
+    pub acc: &'a mut Acc,
+    pub hist: &'a mut Local,
+    pub plan: &'a Plan,
+    pub clock: &'a Clock,
+    pub run_id: u64,
+}
+
 /// Per-connection accounting: one bitmap of received `k` per covered channel.
 pub struct Tracker {
     tracks: Vec<Track>,
@@ -135,43 +200,40 @@ impl Tracker {
         self.last_seq = None;
     }
 
-    /// Account for one text frame.
-    pub fn on_text(&mut self, text: &str, env: &Env) {
-        let c = &env.counters;
-        let b = text.as_bytes();
+    /// Account for one text frame (its payload, in place).
+    pub fn on_text(&mut self, b: &[u8], s: &mut Sink<'_>) {
         if let Some(seq) = top_seq(b) {
             if self.last_seq.is_some_and(|last| seq <= last) {
-                c.seq_regressions.fetch_add(1, Relaxed);
+                s.acc.seq_regressions += 1;
             }
             self.last_seq = Some(seq);
         }
-        let Some(ev) = parse_lt(text) else {
+        let Some(ev) = parse_lt(b) else {
             if memchr::memmem::find(b, b"\"type\":\"EVENT\"").is_some() {
-                c.other_events.fetch_add(1, Relaxed);
+                s.acc.other_events += 1;
             } else if memchr::memmem::find(b, b"\"type\":\"PONG\"").is_some() {
-                c.pongs.fetch_add(1, Relaxed);
+                s.acc.pongs += 1;
             }
             return;
         };
-        if ev.run != env.run_id {
-            c.stale.fetch_add(1, Relaxed);
+        if ev.run != s.run_id {
+            s.acc.stale += 1;
             return;
         }
-        let now = env.clock.now_unix_ns();
-        c.received.fetch_add(1, Relaxed);
+        s.acc.received += 1;
         let Ok(idx) = self.tracks.binary_search_by_key(&ev.ch, |t| t.ch) else {
-            c.unexpected.fetch_add(1, Relaxed);
+            s.acc.unexpected += 1;
             return;
         };
         if let Some(name) = event_channel(b) {
-            let want = env.plan.channel_names.get(ev.ch as usize);
+            let want = s.plan.channel_names.get(ev.ch as usize);
             if want.map(|w| w.as_bytes()) != Some(name) {
-                c.unexpected.fetch_add(1, Relaxed);
+                s.acc.unexpected += 1;
                 return;
             }
         }
         if ev.k >= MAX_K {
-            c.unexpected.fetch_add(1, Relaxed);
+            s.acc.unexpected += 1;
             return;
         }
         let tr = &mut self.tracks[idx];
@@ -181,23 +243,25 @@ impl Tracker {
             tr.bits.resize(word + 1, 0);
         }
         if tr.bits[word] & bit != 0 {
-            c.duplicated.fetch_add(1, Relaxed);
+            s.acc.duplicated += 1;
             return;
         }
         tr.bits[word] |= bit;
-        c.distinct.fetch_add(1, Relaxed);
-        if let Some(a) = c.step_distinct.get(ev.step as usize) {
-            a.fetch_add(1, Relaxed);
+        s.acc.distinct += 1;
+        let step = ev.step as usize;
+        if step < crate::stats::MAX_STEPS {
+            if s.acc.step_distinct.len() <= step {
+                s.acc.step_distinct.resize(step + 1, 0);
+            }
+            s.acc.step_distinct[step] += 1;
         }
         match tr.max_k {
-            Some(m) if ev.k < m => {
-                c.out_of_order.fetch_add(1, Relaxed);
-            }
+            Some(m) if ev.k < m => s.acc.out_of_order += 1,
             _ => tr.max_k = Some(ev.k),
         }
-        record_latency(ev.step as usize, now.saturating_sub(ev.t) / 1000);
-        c.last_receive_ns
-            .fetch_max(env.clock.since_base_ns(now), Relaxed);
+        let now = s.clock.now_unix_ns();
+        s.hist.record(step, now.saturating_sub(ev.t) / 1000);
+        s.acc.last_receive_ns = s.acc.last_receive_ns.max(s.clock.since_base_ns(now));
     }
 }
 
@@ -216,12 +280,12 @@ mod tests {
             step: 1,
             t: 123456789,
         };
-        assert_eq!(parse_lt(frame), Some(want));
+        assert_eq!(parse_lt(frame.as_bytes()), Some(want));
         assert_eq!(top_seq(frame.as_bytes()), Some(9));
         assert_eq!(event_channel(frame.as_bytes()), Some(&b"live:lt0:chat"[..]));
         // Re-serialised with spaces: the JSON fallback still reads it.
         let spaced = r#"{"type": "EVENT", "payload": {"event": "x", "channel": "c", "payload": {"lt": {"t": 123456789, "run": 7, "seq": 3, "ch": 0, "k": 2, "s": 1}}}}"#;
-        assert_eq!(parse_lt(spaced), Some(want));
-        assert_eq!(parse_lt(r#"{"type":"PONG","payload":{}}"#), None);
+        assert_eq!(parse_lt(spaced.as_bytes()), Some(want));
+        assert_eq!(parse_lt(br#"{"type":"PONG","payload":{}}"#), None);
     }
 }
