@@ -4,7 +4,7 @@
 //! them.
 
 use hdrhistogram::Histogram;
-use std::cell::RefCell;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -152,11 +152,13 @@ impl Default for Recorder {
     }
 }
 
+#[cfg(test)]
 thread_local! {
-    static LOCAL: RefCell<Option<Recorder>> = const { RefCell::new(None) };
+    static LOCAL: std::cell::RefCell<Option<Recorder>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Record one end-to-end latency for an event of `step` (this thread's recorder).
+#[cfg(test)]
 pub fn record_latency(step: usize, us: u64) {
     LOCAL.with(|cell| {
         let mut slot = cell.borrow_mut();

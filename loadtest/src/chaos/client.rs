@@ -35,7 +35,8 @@ pub enum Mark {
     /// SUBSCRIBED read after HELLO: a new session covers its channels from here.
     NewSession(f64),
     Dropped(f64, Cause),
-    Resumed(f64, u64),
+    /// RESUMED, with the number of events replayed.
+    Resumed(u64),
     Invalid(f64),
 }
 
@@ -90,7 +91,6 @@ pub struct Log {
 }
 
 pub struct Client {
-    pub id: usize,
     pub token: String,
     pub channels: Vec<u32>,
     pub channel_names: Vec<String>,
@@ -274,6 +274,13 @@ impl Client {
 
     /// What ended a connection: the reset we injected, a drain, or anything else.
     fn cause_of(&self, close: Option<u16>) -> End {
+        if std::env::var_os("XCORD_CHAOS_DEBUG").is_some() {
+            eprintln!(
+                "client {:?}: connection ended, close {close:?} at {:.2}",
+                self.channels,
+                self.now()
+            );
+        }
         if self.shared.reset_pending.swap(false, Relaxed) {
             return End::Dropped(Cause::Reset);
         }
@@ -300,7 +307,7 @@ impl Client {
             match v.get("type").and_then(|t| t.as_str()) {
                 Some("RESUMED") => {
                     let n = v["payload"]["replayed"].as_u64().unwrap_or(0);
-                    log.marks.push(Mark::Resumed(self.now(), n));
+                    log.marks.push(Mark::Resumed(n));
                     return Ok(true);
                 }
                 Some("INVALID_SESSION") => {

@@ -207,7 +207,11 @@ impl Worker {
                 }
                 Ok(n) => {
                     c.leftover.clear();
-                    if !self.process(idx, &scratch[..left + n], hist) {
+                    // A short read of a plain socket emptied its receive queue: the
+                    // next arrival raises a new edge, so no read just to see EAGAIN.
+                    let drained = n < scratch.len() - left
+                        && c.sock.as_ref().is_some_and(Transport::is_plain);
+                    if !self.process(idx, &scratch[..left + n], hist) || drained {
                         break;
                     }
                 }

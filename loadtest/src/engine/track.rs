@@ -45,9 +45,16 @@ fn expect_lit(b: &[u8], pos: &mut usize, lit: &[u8]) -> Option<()> {
 /// Find and read `"lt":{"run":R,"seq":S,"ch":C,"k":K,"s":ST,"t":T}` — the exact bytes
 /// we published, which the gateway forwards untouched. Falls back to a JSON parse.
 pub fn parse_lt(b: &[u8]) -> Option<Lt> {
-    let at = memchr::memmem::find(b, b"\"lt\"")?;
-    let fast = (|| {
-        let mut p = at + 4;
+    static LT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"lt\""));
+    let at = LT.find(b)?;
+    lt_at(b, at + 4).or_else(|| parse_lt_json(b))
+}
+
+/// The `lt` object's fields from `b[p..]` = `:{"run":…}`.
+#[inline]
+fn lt_at(b: &[u8], mut p: usize) -> Option<Lt> {
+    {
         expect_lit(b, &mut p, b":{\"run\":")?;
         let run = take_u64(b, &mut p)?;
         expect_lit(b, &mut p, b",\"seq\":")?;
@@ -68,8 +75,12 @@ pub fn parse_lt(b: &[u8]) -> Option<Lt> {
             step: u32::try_from(step).ok()?,
             t,
         })
-    })();
-    fast.or_else(|| {
+    }
+}
+
+/// The slow way: a JSON parse (a gateway that re-serialised the event).
+fn parse_lt_json(b: &[u8]) -> Option<Lt> {
+    {
         let v: serde_json::Value = serde_json::from_slice(b).ok()?;
         let lt = v.get("payload")?.get("payload")?.get("lt")?;
         let g = |k: &str| lt.get(k).and_then(|x| x.as_u64());
@@ -81,12 +92,35 @@ pub fn parse_lt(b: &[u8]) -> Option<Lt> {
             step: u32::try_from(g("s")?).ok()?,
             t: g("t")?,
         })
-    })
+    }
+}
+
+/// The whole frame as the gateway writes it, read positionally without a search:
+/// `{"type":"EVENT","seq":N,"payload":{"event":"E","channel":"C","payload":{"lt":{…}`.
+/// `None` when the layout differs (the caller falls back to searching).
+#[inline]
+fn gateway_frame(b: &[u8]) -> Option<(u64, &[u8], Lt)> {
+    const P: &[u8] = b"{\"type\":\"EVENT\",\"seq\":";
+    let mut p = P.len();
+    if !b.starts_with(P) {
+        return None;
+    }
+    let seq = take_u64(b, &mut p)?;
+    expect_lit(b, &mut p, b",\"payload\":{\"event\":\"")?;
+    p += memchr::memchr(b'"', b.get(p..)?)?;
+    expect_lit(b, &mut p, b"\",\"channel\":\"")?;
+    let c0 = p;
+    p += memchr::memchr(b'"', b.get(p..)?)?;
+    let channel = &b[c0..p];
+    expect_lit(b, &mut p, b"\",\"payload\":{\"lt\"")?;
+    Some((seq, channel, lt_at(b, p)?))
 }
 
 /// The `channel` of an EVENT frame (channel names never need escaping).
 fn event_channel(b: &[u8]) -> Option<&[u8]> {
-    let at = memchr::memmem::find(b, b"\"channel\":\"")? + 11;
+    static CH: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"channel\":\""));
+    let at = CH.find(b)? + 11;
     let len = memchr::memchr(b'"', b.get(at..)?)?;
     b.get(at..at + len)
 }
@@ -201,14 +235,19 @@ impl Tracker {
     }
 
     /// Account for one text frame (its payload, in place).
+    #[inline]
     pub fn on_text(&mut self, b: &[u8], s: &mut Sink<'_>) {
-        if let Some(seq) = top_seq(b) {
+        let (seq, channel, ev) = match gateway_frame(b) {
+            Some((seq, ch, ev)) => (Some(seq), Some(ch), Some(ev)),
+            None => (top_seq(b), event_channel(b), parse_lt(b)),
+        };
+        if let Some(seq) = seq {
             if self.last_seq.is_some_and(|last| seq <= last) {
                 s.acc.seq_regressions += 1;
             }
             self.last_seq = Some(seq);
         }
-        let Some(ev) = parse_lt(b) else {
+        let Some(ev) = ev else {
             if memchr::memmem::find(b, b"\"type\":\"EVENT\"").is_some() {
                 s.acc.other_events += 1;
             } else if memchr::memmem::find(b, b"\"type\":\"PONG\"").is_some() {
@@ -225,7 +264,7 @@ impl Tracker {
             s.acc.unexpected += 1;
             return;
         };
-        if let Some(name) = event_channel(b) {
+        if let Some(name) = channel {
             let want = s.plan.channel_names.get(ev.ch as usize);
             if want.map(|w| w.as_bytes()) != Some(name) {
                 s.acc.unexpected += 1;
@@ -281,6 +320,9 @@ mod tests {
             t: 123456789,
         };
         assert_eq!(parse_lt(frame.as_bytes()), Some(want));
+        let (seq, ch, lt) = gateway_frame(frame.as_bytes()).expect("positional");
+        assert_eq!((seq, ch, lt), (9, &b"live:lt0:chat"[..], want));
+        assert!(gateway_frame(br#"{"type":"EVENT","seq":9,"payload":{"channel":"x"}}"#).is_none());
         assert_eq!(top_seq(frame.as_bytes()), Some(9));
         assert_eq!(event_channel(frame.as_bytes()), Some(&b"live:lt0:chat"[..]));
         // Re-serialised with spaces: the JSON fallback still reads it.

@@ -34,6 +34,10 @@ impl Transport {
         })
     }
 
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Transport::Plain(_))
+    }
+
     pub fn socket(&mut self) -> &mut TcpStream {
         match self {
             Transport::Plain(s) => s,
@@ -129,14 +133,6 @@ impl Transport {
             let _ = flush_tls(sock, tls);
         }
         let _ = self.socket().shutdown(std::net::Shutdown::Write);
-    }
-
-    /// Close with a reset (SO_LINGER 0): the peer sees ECONNRESET, as after a
-    /// network failure.
-    pub fn reset(&mut self) {
-        let s = self.socket();
-        let sock = socket2::SockRef::from(&*s);
-        let _ = sock.set_linger(Some(std::time::Duration::ZERO));
     }
 }
 

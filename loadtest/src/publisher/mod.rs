@@ -120,7 +120,7 @@ fn open_sink(target: &Target) -> Result<Sink> {
                 })?;
                 return Ok(Sink::Cluster {
                     client,
-                    conn: Some(conn),
+                    conn: Some(Box::new(conn)),
                 });
             }
             let url = target

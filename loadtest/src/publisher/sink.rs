@@ -18,7 +18,7 @@ pub(super) enum Sink {
     },
     Cluster {
         client: redis::cluster::ClusterClient,
-        conn: Option<redis::cluster::ClusterConnection>,
+        conn: Option<Box<redis::cluster::ClusterConnection>>,
     },
     Admin(AdminClient),
     /// Publishes nothing and never fails.
@@ -85,7 +85,7 @@ impl Sink {
             Sink::Cluster { client, conn } => {
                 if conn.is_none() {
                     match client.get_connection() {
-                        Ok(c) => *conn = Some(c),
+                        Ok(c) => *conn = Some(Box::new(c)),
                         Err(e) => return (n, Some(format!("redis cluster: {e}"))),
                     }
                 }
