@@ -157,6 +157,10 @@ pub struct Cli {
     /// Fleet: only connect and account; another process publishes.
     #[arg(long)]
     connect_only: bool,
+    /// Resolve every flag, print the effective target and scenario, and exit
+    /// without contacting anything.
+    #[arg(long)]
+    print_config: bool,
     /// Fleet: how long a process waits at the Redis barrier for the others.
     #[arg(long, default_value_t = 300.0)]
     barrier_timeout_s: f64,
@@ -190,6 +194,10 @@ fn real_main() -> Result<bool> {
         return Ok(true);
     }
     let opts = options::options(&cli, command)?;
+    if cli.print_config {
+        println!("{}", options::describe(&opts));
+        return Ok(true);
+    }
     options::raise_nofile(opts.shard.len(opts.scenario.connections) as u64 + 256)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.client_threads)

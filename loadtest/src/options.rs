@@ -202,3 +202,25 @@ fn progress_every(cli: &Cli) -> Result<Option<Duration>> {
     }
     Ok(Some(Duration::from_secs_f64(s)))
 }
+
+/// The effective configuration as `--print-config` shows it (secrets redacted).
+pub fn describe(o: &run::Options) -> String {
+    let redis = o.publish.redis_url.as_deref().map(target::redact_url);
+    let v = serde_json::json!({
+        "gateway": o.url,
+        "address": o.target.as_ref().map(|t| t.addr.to_string()),
+        "tls": o.target.as_ref().map(|t| t.tls.is_some()),
+        "source_addrs": o.source_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "redis": redis,
+        "redis_cluster": o.publish.redis_cluster.as_deref().map(target::redact_url),
+        "routing": o.publish.routing,
+        "publisher": o.scenario.publisher.as_str(),
+        "shard": format!("{}/{}", o.shard.index, o.shard.count),
+        "role": o.role.as_str(),
+        "client_threads": o.client_threads,
+        "run_id": o.run_id,
+        "command": o.command,
+        "scenario": o.scenario,
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
