@@ -229,6 +229,10 @@ impl Worker {
         let srcs = &self.env.source_addrs;
         if !srcs.is_empty() {
             let ip = srcs[id % srcs.len()];
+            // Let connect() pick the port for the whole 4-tuple: ports are shared
+            // across destinations and bind() does not search the ephemeral range
+            // (which, with TIME_WAIT left by an earlier run, fails).
+            set_bind_no_port(&s);
             s.bind(&SocketAddr::new(ip, 0).into()).map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
@@ -443,6 +447,21 @@ impl Worker {
         if let Some(mean) = env.typing_mean {
             self.push_timer(idx, exp_sample(mean), Kind::Typing);
         }
+    }
+}
+
+fn set_bind_no_port(s: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a valid socket with a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
