@@ -5,7 +5,7 @@
 //! shard 0, or a separate `--publish-only` process (then every shard runs with
 //! `--connect-only`). They measure the same window by meeting at a **Redis key
 //! barrier**: each connecting process, once connected and settled, increments
-//! `xcord-lt:{RUN}:ready`; the publishing process waits until that count reaches
+//! `xcord-lt:{RUN}:ready` (the braces are a cluster hash tag); the publishing process waits until that count reaches
 //! N, then writes `xcord-lt:{RUN}:start` = the start time (Unix ns, one second
 //! ahead) and publishes from then on; the others wait for that key, then replay the
 //! publisher's schedule without sending (same seed, same rate) to know exactly
@@ -87,24 +87,45 @@ impl Role {
     }
 }
 
-/// The barrier of one run on one Redis.
+/// The barrier of one run on one Redis, or on a Redis Cluster (both keys carry
+/// the run id as hash tag, so they live in one slot).
 pub struct Barrier {
-    conn: redis::Connection,
+    conn: Box<dyn redis::ConnectionLike + Send>,
     ready_key: String,
     start_key: String,
     timeout: Duration,
 }
 
 impl Barrier {
+    /// `url` is a Redis URL, or `cluster:` followed by the cluster's seed URLs.
     pub fn open(url: &str, run_id: u64, timeout: Duration) -> Result<Barrier> {
-        let client = redis::Client::open(url).context("bad --redis URL")?;
-        let conn = client
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .with_context(|| format!("fleet barrier: cannot reach Redis at {}", redact_url(url)))?;
+        let conn: Box<dyn redis::ConnectionLike + Send> = match url.strip_prefix("cluster:") {
+            Some(seeds) => {
+                let nodes: Vec<&str> = seeds.split(',').map(str::trim).collect();
+                let c = redis::cluster::ClusterClient::new(nodes)
+                    .context("bad --redis-cluster seed list")?;
+                Box::new(c.get_connection().with_context(|| {
+                    format!(
+                        "fleet barrier: cannot reach the cluster at {}",
+                        redact_url(seeds)
+                    )
+                })?)
+            }
+            None => {
+                let client = redis::Client::open(url).context("bad --redis URL")?;
+                Box::new(
+                    client
+                        .get_connection_with_timeout(Duration::from_secs(5))
+                        .with_context(|| {
+                            format!("fleet barrier: cannot reach Redis at {}", redact_url(url))
+                        })?,
+                )
+            }
+        };
         Ok(Barrier {
             conn,
-            ready_key: format!("xcord-lt:{run_id}:ready"),
-            start_key: format!("xcord-lt:{run_id}:start"),
+            ready_key: format!("xcord-lt:{{{run_id}}}:ready"),
+            start_key: format!("xcord-lt:{{{run_id}}}:start"),
             timeout,
         })
     }
@@ -113,12 +134,12 @@ impl Barrier {
     pub fn arrive(&mut self) -> Result<()> {
         let _: i64 = redis::cmd("INCR")
             .arg(&self.ready_key)
-            .query(&mut self.conn)
+            .query(&mut *self.conn)
             .context("fleet barrier: INCR")?;
         let _: i64 = redis::cmd("EXPIRE")
             .arg(&self.ready_key)
             .arg(3600)
-            .query(&mut self.conn)
+            .query(&mut *self.conn)
             .context("fleet barrier: EXPIRE")?;
         Ok(())
     }
@@ -130,7 +151,7 @@ impl Barrier {
         loop {
             let n: Option<u64> = redis::cmd("GET")
                 .arg(&self.ready_key)
-                .query(&mut self.conn)
+                .query(&mut *self.conn)
                 .context("fleet barrier: GET")?;
             if n.unwrap_or(0) >= shards as u64 {
                 break;
@@ -150,7 +171,7 @@ impl Barrier {
             .arg(clock.unix_ns(start))
             .arg("EX")
             .arg(3600)
-            .query(&mut self.conn)
+            .query(&mut *self.conn)
             .context("fleet barrier: SET start")?;
         Ok(start)
     }
@@ -161,7 +182,7 @@ impl Barrier {
         loop {
             let t: Option<u64> = redis::cmd("GET")
                 .arg(&self.start_key)
-                .query(&mut self.conn)
+                .query(&mut *self.conn)
                 .context("fleet barrier: GET start")?;
             if let Some(ns) = t {
                 let now_ns = clock.now_unix_ns();

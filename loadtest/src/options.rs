@@ -82,8 +82,9 @@ fn role(cli: &Cli) -> Result<(Shard, Role)> {
     if (shard.count > 1 || role != Role::Both) && cli.ramp {
         bail!("--ramp is for a single process; a fleet measures one plain step");
     }
-    if role != Role::Both && cli.redis.is_none() {
-        bail!("a fleet run meets at a Redis barrier: give --redis in every process");
+    if (shard.count > 1 || role != Role::Both) && cli.redis.is_none() && cli.redis_cluster.is_none()
+    {
+        bail!("a fleet run meets at a Redis barrier: give --redis (or --redis-cluster) in every process");
     }
     Ok((shard, role))
 }
@@ -162,7 +163,10 @@ pub fn options(cli: &Cli, command: String) -> Result<run::Options> {
             admin_addr: admin,
             admin_token: cli.admin_token.clone(),
         },
-        barrier_redis: cli.redis.clone(),
+        barrier_redis: cli
+            .redis
+            .clone()
+            .or_else(|| cli.redis_cluster.as_ref().map(|c| format!("cluster:{c}"))),
         jwt_secret,
         jwt_issuer: cli.jwt_issuer.clone(),
         jwt_audience: cli.jwt_audience.clone(),

@@ -78,20 +78,25 @@ pub(super) async fn connect_all(
         let mut c = env.ctrl.lock().unwrap_or_else(|e| e.into_inner());
         c.round_start = round_start;
     }
-    w.progress.say(&format!(
-        "connecting {n} to {url} on {threads} thread(s) from {}, {} at a time{}",
-        if env.source_addrs.is_empty() {
-            "the default source address".to_owned()
-        } else {
-            format!("{} source address(es)", env.source_addrs.len())
-        },
-        sc.connect_concurrency,
-        if sc.connect_rate > 0.0 {
-            format!(", {}/s", sc.connect_rate)
-        } else {
-            String::new()
-        }
-    ));
+    if n == 0 {
+        w.progress
+            .say("no connections in this process (--publish-only)");
+    } else {
+        w.progress.say(&format!(
+            "connecting {n} to {url} on {threads} thread(s) from {}, {} at a time{}",
+            if env.source_addrs.is_empty() {
+                "the default source address".to_owned()
+            } else {
+                format!("{} source address(es)", env.source_addrs.len())
+            },
+            sc.connect_concurrency,
+            if sc.connect_rate > 0.0 {
+                format!(", {}/s", sc.connect_rate)
+            } else {
+                String::new()
+            }
+        ));
+    }
     let engine = if ids.is_empty() {
         None
     } else {
