@@ -438,15 +438,16 @@ fn summary(r: &ChaosResult) -> String {
     );
     let _ = writeln!(
         s,
-        "  kind    injected  reconnects  resumes ok  invalid  missed  gap events mean/max  gap s mean/max"
+        "  kind    injected  reconnects  resumes ok (replayed)  invalid  missed  gap events mean/max  gap s mean/max"
     );
     for (k, f) in &r.faults {
         let _ = writeln!(
             s,
-            "  {k:<7} {:>8}  {:>10}  {:>10}  {:>7}  {:>6}  {:>9.1} / {:<6}  {:>6.2} / {:.2}",
+            "  {k:<7} {:>8}  {:>10}  {:>10} {:>10}  {:>7}  {:>6}  {:>9.1} / {:<6}  {:>6.2} / {:.2}",
             f.injected,
             f.reconnects,
             f.resumes_ok,
+            format!("({})", f.events_replayed),
             f.invalid_sessions,
             f.events_missed,
             f.gap_events_mean,
