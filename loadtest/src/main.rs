@@ -147,6 +147,12 @@ pub struct Cli {
     /// larger frame).
     #[arg(long)]
     read_buffer_bytes: Option<usize>,
+    /// Interrupt moderation of the engine threads: while events keep coming, a
+    /// thread sleeps this long outside epoll between turns instead of being
+    /// woken by every frame (on loopback the sender pays each wake-up). Adds at
+    /// most this much to a delivery's latency; 0 = off. At most 10000.
+    #[arg(long, default_value_t = 100)]
+    coalesce_us: u64,
     /// Fleet: this process takes connections I, I+N, I+2N, … of the plan
     /// (`--shard I/N`); shard 0 publishes unless --connect-only.
     #[arg(long, value_name = "I/N")]

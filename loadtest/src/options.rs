@@ -180,6 +180,7 @@ pub fn options(cli: &Cli, command: String) -> Result<run::Options> {
         duplicate_events: cli.duplicate_event.iter().copied().collect(),
         client_threads,
         read_buffer,
+        coalesce: Duration::from_micros(cli.coalesce_us.min(10_000)),
         progress_every,
         allow_connect_failures: cli.allow_connect_failures,
         command,

@@ -82,6 +82,9 @@ pub struct Env {
     pub target: Target,
     /// Each thread's read buffer.
     pub read_buffer: usize,
+    /// Interrupt moderation: how long a thread sleeps outside epoll between
+    /// turns while events keep coming (0 = block in epoll_wait every turn).
+    pub coalesce: Duration,
     /// Source addresses bound before connect, connection `id` on `id % len`;
     /// empty = the kernel chooses.
     pub source_addrs: Vec<IpAddr>,

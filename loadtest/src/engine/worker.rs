@@ -99,14 +99,32 @@ pub(super) fn run(env: Arc<Env>, poll: Poll, ids: Vec<usize>, max_inflight: usiz
     }
     let rec = Recorder::new();
     let mut events = Events::with_capacity(1024);
+    let mut busy = false;
+    if !env.coalesce.is_zero() {
+        // SAFETY: prctl(PR_SET_TIMERSLACK) on this thread, no pointers.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        }
+    }
     loop {
-        let timeout = w.poll_timeout();
+        // Interrupt moderation: while events keep coming, sleep `coalesce`
+        // outside epoll and then take what arrived without blocking. A thread
+        // asleep in epoll_wait is woken by every frame, and on loopback the
+        // sender pays each wake-up; this way only the first frame of a burst
+        // wakes the thread. Idle, it blocks as usual.
+        let timeout = if busy && !env.coalesce.is_zero() {
+            std::thread::sleep(env.coalesce);
+            Duration::ZERO
+        } else {
+            w.poll_timeout()
+        };
         if let Err(e) = w.poll.poll(&mut events, Some(timeout)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 eprintln!("xcord-loadtest: epoll failed: {e}");
                 break;
             }
         }
+        busy = !events.is_empty();
         {
             let mut hist = rec.lock();
             for ev in events.iter() {
@@ -117,8 +135,8 @@ pub(super) fn run(env: Arc<Env>, poll: Poll, ids: Vec<usize>, max_inflight: usiz
                 let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 w.on_event(ev.token().0, readable, ev.is_writable(), &mut hist);
             }
-            w.run_timers(&mut hist);
         }
+        w.run_timers();
         w.start_queued();
         w.acc.flush(&env.counters);
         if w.stopping && (w.sockets == 0 || Instant::now() >= w.stop_deadline) {
@@ -394,7 +412,7 @@ impl Worker {
         }
     }
 
-    fn run_timers(&mut self, hist: &mut crate::stats::Local) {
+    fn run_timers(&mut self) {
         let now = Instant::now();
         while let Some(Reverse(t)) = self.timers.peek() {
             if t.due > now {
@@ -422,7 +440,6 @@ impl Worker {
                 _ => {}
             }
         }
-        let _ = hist;
     }
 
     fn ping(&mut self, idx: usize) {

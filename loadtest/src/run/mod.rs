@@ -62,6 +62,8 @@ pub struct Options {
     pub client_threads: usize,
     /// Each engine thread's read buffer.
     pub read_buffer: usize,
+    /// How long an engine thread sleeps outside epoll between busy turns.
+    pub coalesce: Duration,
     /// This process's slice of the plan, and what it does in a fleet.
     pub shard: Shard,
     pub role: Role,
@@ -264,6 +266,7 @@ fn env(
             tls: None,
         }),
         read_buffer: o.read_buffer,
+        coalesce: o.coalesce,
         source_addrs: o.source_addrs.clone(),
         connect_timeout: Duration::from_secs_f64(sc.connect_timeout_s),
         connect_retries: sc.connect_retries,
