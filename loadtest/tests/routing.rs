@@ -179,9 +179,13 @@ fn start_cluster() -> Cluster {
         nodes: Vec::new(),
         ports: Vec::new(),
     };
-    for _ in 0..3 {
+    while cl.ports.len() < 3 {
         let port = free_low_port();
-        let child = Command::new("redis-server")
+        if cl.ports.contains(&port) {
+            continue;
+        }
+        let log = std::fs::File::create(dir.join(format!("redis-{port}.log"))).expect("log");
+        let mut child = Command::new("redis-server")
             .current_dir(&dir)
             .args([
                 "--port",
@@ -197,15 +201,28 @@ fn start_cluster() -> Cluster {
                 "--cluster-config-file",
                 &format!("nodes-{port}.conf"),
             ])
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server");
-        cl.nodes.push(child);
-        cl.ports.push(port);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        let mut up = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break; // exited (port taken meanwhile?): try another port
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                up = true;
+                break;
+            }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if up {
+            cl.nodes.push(child);
+            cl.ports.push(port);
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
     let addrs: Vec<String> = cl.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();

@@ -35,11 +35,15 @@ pub fn free_low_port() -> u16 {
 }
 
 fn fastrand_u16() -> u16 {
-    let n = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(7);
-    (n ^ (n >> 13)) as u16
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(7),
+    );
+    h.finish() as u16
 }
 
 pub fn free_port() -> u16 {
