@@ -123,6 +123,9 @@ pub fn merge(parts: &[(String, RunResult)]) -> Result<RunResult> {
         subscribe_us: stats::encode(&sub),
     });
     m.config.client_threads = parts.iter().map(|(_, r)| r.config.client_threads).sum();
+    let scheduled = m.deliveries.events_scheduled.max(1);
+    m.config.mean_fanout = m.deliveries.expected.unwrap_or(0) as f64 / scheduled as f64;
+    rescale_memory(&mut m, base);
     m.fleet = Some(fleet);
     m.failure_reasons = verdict(&m, parts);
     m.passed = Some(m.failure_reasons.is_empty());
@@ -280,6 +283,24 @@ fn merge_connections(m: &mut RunResult, parts: &[(String, RunResult)]) {
             }
         })
         .collect();
+}
+
+/// The publishing process sampled the gateway's RSS around its own connect
+/// phase; over the whole fleet's connections that is approximate (the shards
+/// connect at about the same time, not exactly).
+fn rescale_memory(m: &mut RunResult, base: &RunResult) {
+    let (Some(total), Some(mine)) = (m.connections.established, base.connections.established)
+    else {
+        return;
+    };
+    if let Some(g) = m.gateway.as_mut() {
+        if total > 0 && mine > 0 {
+            let k = mine as f64 / total as f64;
+            g.rss_bytes_per_connection = g.rss_bytes_per_connection.map(|b| b * k);
+            g.rss_bytes_per_connection_marginal =
+                g.rss_bytes_per_connection_marginal.map(|b| b * k);
+        }
+    }
 }
 
 fn merge_cpu(m: &mut RunResult, parts: &[(String, RunResult)], total_distinct: u64) {
