@@ -76,11 +76,14 @@ pub struct Totals {
     pub out_of_order: u64,
 }
 
-/// One reconnect across INVALID_SESSION.
-struct Gap {
-    cause: Cause,
-    seconds: f64,
-    events: u64,
+/// One reconnect across INVALID_SESSION: the client, the cause of the drop, the
+/// seconds from the drop to the new SUBSCRIBED, the events it missed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Gap {
+    pub client: usize,
+    pub cause: Cause,
+    pub seconds: f64,
+    pub events: u64,
 }
 
 /// A client's history: (time of the INVALID_SESSION, cause of the drop before it,
@@ -112,11 +115,11 @@ pub fn account(
     pubs: &[Vec<Pub>],
     logs: &[Log],
     t_end: f64,
-) -> (Totals, BTreeMap<&'static str, FaultStats>) {
+) -> (Totals, BTreeMap<&'static str, FaultStats>, Vec<Gap>) {
     let mut t = Totals::default();
     let mut faults: BTreeMap<&'static str, FaultStats> = BTreeMap::new();
     let mut gaps: Vec<Gap> = Vec::new();
-    for log in logs {
+    for (client, log) in logs.iter().enumerate() {
         let first_sub = log.marks.iter().find_map(|m| match m {
             Mark::NewSession(t) => Some(*t),
             _ => None,
@@ -126,6 +129,7 @@ pub fn account(
         let mut my_gaps: Vec<Gap> = inv
             .iter()
             .map(|&(_, c, td, ts)| Gap {
+                client,
                 cause: c,
                 seconds: if ts.is_finite() { ts - td } else { t_end - td },
                 events: 0,
@@ -209,7 +213,7 @@ pub fn account(
         }
     }
     faults.entry("redis").or_default().events_missed += t.missed_redis_outage;
-    (t, faults)
+    (t, faults, gaps)
 }
 
 pub fn cause_name(c: Cause) -> &'static str {
@@ -271,7 +275,7 @@ mod tests {
             marks: vec![Mark::NewSession(0.5)],
             attached_at_end: true,
         };
-        let (t, _) = account(&p, &[log], 5.0);
+        let (t, _, _) = account(&p, &[log], 5.0);
         assert_eq!(
             (t.owed, t.delivered, t.missed_attached_or_resumed),
             (10, 9, 1)
@@ -297,7 +301,9 @@ mod tests {
             ],
             attached_at_end: true,
         };
-        let (t, f) = account(&p, &[log], 5.0);
+        let (t, f, g) = account(&p, &[log], 5.0);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].events, 3);
         assert_eq!(t.missed_invalid_session, 3);
         assert_eq!(t.missed_attached_or_resumed, 0);
         let d = &f["drain"];
@@ -323,7 +329,7 @@ mod tests {
             ],
             attached_at_end: true,
         };
-        let (t, f) = account(&[ch], &[log], 5.0);
+        let (t, f, _) = account(&[ch], &[log], 5.0);
         assert_eq!(t.missed_redis_outage, 2);
         assert_eq!(t.duplicated, 1);
         assert_eq!(t.missed_attached_or_resumed, 0);

@@ -90,6 +90,8 @@ pub struct ChaosResult {
     pub deliveries: Totals,
     /// Per fault kind: `reset`, `redis`, `drain`, and `other` (drops nobody injected).
     pub faults: BTreeMap<&'static str, FaultStats>,
+    /// Every reconnect across INVALID_SESSION, with its gap.
+    pub reconnects_across_invalid_session: Vec<account::Gap>,
     pub clients_attached_at_end: usize,
     pub passed: bool,
     pub failure_reasons: Vec<String>,
@@ -157,12 +159,13 @@ pub fn main(a: ChaosArgs, command: String) -> Result<bool> {
         .filter_map(|h| h.join().ok())
         .collect();
     let pubs = std::mem::take(&mut *publisher.pubs.lock().unwrap_or_else(|e| e.into_inner()));
-    let (totals, mut faults) = account::account(&pubs, &logs, t_end);
+    let (totals, mut faults, gaps) = account::account(&pubs, &logs, t_end);
     for (k, n) in injected {
         faults.entry(k).or_default().injected = n;
     }
     drop(gws);
-    let r = result(&a, command, &pubs, totals, faults, at_end);
+    let mut r = result(&a, command, &pubs, totals, faults, at_end);
+    r.reconnects_across_invalid_session = gaps;
     print!("{}", summary(&r));
     if let Some(p) = &a.out {
         let json = serde_json::to_string_pretty(&r).context("encode the result")?;
@@ -414,6 +417,7 @@ fn result(
             .count() as u64,
         deliveries: totals,
         faults,
+        reconnects_across_invalid_session: Vec::new(),
         clients_attached_at_end: at_end,
         passed: reasons.is_empty(),
         failure_reasons: reasons,
