@@ -269,6 +269,7 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// Run the load tester with `extra` flags; returns its output and the parsed result.
 pub fn loadtest(gw: &Gateway, redis: &Redis, name: &str, extra: &[&str]) -> (Output, Value) {
+    assert_loopback(&gw.addr);
     let dir = scratch(name);
     let out = dir.join("result.json");
     let report = dir.join("report.svg");
@@ -340,8 +341,18 @@ pub fn assert_clean(v: &Value, conns: u64) {
     assert!(v["gateway"]["rss_bytes_after_connect"].is_number());
 }
 
+/// The loopback-only rule of this workplace lives here, in the test suite (the
+/// tool itself takes any address): every target a test loads is on loopback.
+pub fn assert_loopback(addr: &SocketAddr) {
+    assert!(
+        addr.ip().is_loopback(),
+        "tests load loopback targets only, not {addr}"
+    );
+}
+
 /// The flags every run against `gw` and `redis` takes.
 pub fn base_args(gw: &Gateway, redis: &Redis) -> Vec<String> {
+    assert_loopback(&gw.addr);
     [
         "--gateway",
         &gw.addr.to_string(),
