@@ -176,14 +176,57 @@ pub struct Gateway {
     pub cpu_percent_measure: Option<f64>,
 }
 
-/// The load tester itself.
+/// The load tester itself. Its CPU per delivery stands next to the gateway's so
+/// that a reader sees which side gave out.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Client {
     pub threads: usize,
+    /// The whole process (engine, publisher, coordinator) while measuring.
     pub cpu_seconds_measure: Option<f64>,
     pub cpu_seconds_total: Option<f64>,
     pub rss_bytes_end: Option<u64>,
+    // Added fields.
+    /// The connection engine's threads alone while measuring.
+    pub engine_cpu_seconds_measure: Option<f64>,
+    /// `cpu_seconds_measure` per million first receipts.
+    pub cpu_seconds_per_million_deliveries: Option<f64>,
+    /// `engine_cpu_seconds_measure` per million first receipts.
+    pub engine_cpu_seconds_per_million_deliveries: Option<f64>,
+    /// First receipts per second of engine CPU: what one client core sustains.
+    pub deliveries_per_engine_cpu_second: Option<f64>,
+}
+
+/// HDR histograms of the run, each the base64 of hdrhistogram's V2 serialization
+/// (microseconds), so that a fleet's results merge exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Histograms {
+    /// End-to-end latency of first receipts (all steps).
+    pub latency_us: Option<String>,
+    /// Handshakes of the first connect round.
+    pub handshake_us: Option<String>,
+    /// Subscribes of the first connect round.
+    pub subscribe_us: Option<String>,
+}
+
+/// This process's part in a fleet (`--shard I/N`, `--publish-only`), and what a
+/// merge needs to recount the expected deliveries exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fleet {
+    pub shard: usize,
+    pub shards: usize,
+    /// `connect+publish`, `connect`, `publish`, or `merged`.
+    pub role: String,
+    /// Connections of this process subscribed to each published channel.
+    pub subscribers_per_channel: Vec<u32>,
+    /// The publisher's events scheduled per channel (dropped ones included).
+    pub events_per_channel: Option<Vec<u64>>,
+    /// Of which skipped by the drop hook.
+    pub dropped_per_channel: Option<Vec<u64>>,
+    /// A merged result: the files it was made from.
+    pub merged_from: Vec<String>,
 }
 
 /// One step of a ramp (`--ramp`).
@@ -247,6 +290,10 @@ pub struct RunResult<S = IgnoredAny> {
     /// (percentile, ms) points of the end-to-end latency distribution.
     pub latency_percentiles: Vec<(f64, f64)>,
     pub client: Client,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histograms: Option<Histograms>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Fleet>,
 }
 
 impl<S> RunResult<S> {

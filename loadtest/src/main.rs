@@ -7,8 +7,12 @@
 //! optionally ramps the rate to find the saturation point, and writes a JSON result
 //! (`RESULT_SCHEMA.md`) and an SVG/HTML report. Exit code: 0 passed, 1 failed, 2 error.
 
+mod chaos;
 mod clock;
-mod conn;
+mod engine;
+mod fleet;
+mod merge;
+mod options;
 mod plan;
 mod procstat;
 mod publisher;
@@ -17,50 +21,84 @@ mod result;
 mod run;
 mod scenario;
 mod stats;
+mod target;
 mod token;
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::Parser;
-use std::net::{SocketAddr, ToSocketAddrs};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::publisher::RoutingKind;
 use crate::result::Summary;
-use crate::scenario::{Overrides, PublisherKind, Scenario};
+use crate::scenario::{Overrides, Scenario};
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Combine the results of a fleet's processes (--shard, --publish-only) into one
+    /// result with exact accounting and merged latency histograms.
+    Merge(merge::MergeArgs),
+    /// Reliability under faults: clients that resume (SPEC §8) while connections
+    /// are reset, Redis restarts and a second gateway node drains.
+    Chaos(chaos::ChaosArgs),
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "xcord-loadtest",
     version,
-    about = "Load-test harness for the XCORD Gateway (loopback targets only)",
+    about = "Load-test harness for the XCORD Gateway",
+    args_conflicts_with_subcommands = true,
     after_help = "Every key of a scenario file is also a flag of the same name: see the \
                   'Scenario overrides' section. Exit code: 0 passed, 1 failed (missing, \
                   duplicated or out-of-order deliveries, failed connections, …), 2 error."
 )]
-struct Cli {
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// A shipped scenario (fanout, broadcast, chat, connect-storm) or a TOML file.
     #[arg(long, short = 's', default_value = "fanout")]
     scenario: String,
     /// Print the shipped scenarios and exit.
     #[arg(long)]
     list_scenarios: bool,
-    /// The gateway's client listener, HOST:PORT (the URL is ws://HOST:PORT/api/v1/ws).
+    /// The gateway: HOST:PORT, ws://HOST:PORT[/path] or wss://HOST:PORT[/path]
+    /// (path /api/v1/ws when none). Any address: a remote fleet, a TLS balancer.
     #[arg(long, conflicts_with = "url")]
     gateway: Option<String>,
-    /// The full WebSocket URL instead of --gateway, e.g. ws://127.0.0.1:8080/api/v1/ws.
+    /// The same as --gateway (kept for older scripts).
     #[arg(long)]
     url: Option<String>,
-    /// Redis URL for `--publisher redis`, e.g. redis://127.0.0.1:6379/.
-    #[arg(long, env = "XCORD_REDIS")]
+    /// PEM file of CA certificates trusted for wss:// besides the webpki roots (a
+    /// private CA). The server name (SNI) is the URL's host.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Source addresses to connect from, comma-separated (connection i uses entry
+    /// i mod N); default: 127.0.0.1..=127.0.0.N (--source-addrs) for a loopback
+    /// target, the kernel's choice otherwise.
+    #[arg(long, value_delimiter = ',')]
+    source_ips: Vec<IpAddr>,
+    /// Redis URL (redis:// or rediss:// for TLS) for `--publisher redis` and the
+    /// fleet barrier, e.g. redis://127.0.0.1:6379/.
+    #[arg(long, env = "XCORD_REDIS", hide_env_values = true)]
     redis: Option<String>,
+    /// Publish through a Redis Cluster: seed nodes, comma-separated
+    /// (redis://h:p,redis://h:p); needs --routing roots.
+    #[arg(long)]
+    redis_cluster: Option<String>,
+    /// pattern: PUBLISH events:{channel} (SPEC §5, the default); roots:
+    /// SPUBLISH xcord:{ROOT} {"channel","type","payload"} (SPEC §9).
+    #[arg(long, value_enum, default_value_t = RoutingKind::Pattern)]
+    routing: RoutingKind,
     /// The gateway's admin listener, HOST:PORT, for `--publisher admin`.
     #[arg(long)]
     admin: Option<String>,
     /// Bearer token of the admin publish route.
-    #[arg(long, env = "XCORD_ADMIN_TOKEN")]
+    #[arg(long, env = "XCORD_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// The gateway's HS256 secret (tokens are signed with it).
-    #[arg(long, env = "XCORD_JWT_SECRET")]
+    #[arg(long, env = "XCORD_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
     /// `iss` claim, when the gateway checks it.
     #[arg(long)]
@@ -97,14 +135,41 @@ struct Cli {
     /// Test hook: skip every K-th event (0 = off), counted as expected.
     #[arg(long, default_value_t = 0)]
     drop_every: u64,
-    /// Worker threads of the client runtime (default: the CPUs this process may run
-    /// on, at most 2: pinned to one CPU with taskset, one thread is cheapest).
+    /// Test hook: publish these global event numbers twice: every subscriber must
+    /// report one duplicate each.
+    #[arg(long, value_delimiter = ',')]
+    duplicate_event: Vec<u64>,
+    /// Connection engine threads, each with its own epoll loop over its share of
+    /// the connections (default: the CPUs this process may run on, at most 2).
     #[arg(long)]
     client_threads: Option<usize>,
-    /// WebSocket read buffer per connection, bytes (default: from event_bytes,
-    /// 1 KiB..16 KiB; tungstenite zeroes it on every read, so small is cheaper).
+    /// Read buffer of each engine thread, bytes (default 64 KiB; grown for a
+    /// larger frame).
     #[arg(long)]
     read_buffer_bytes: Option<usize>,
+    /// Interrupt moderation of the engine threads: while events keep coming, a
+    /// thread sleeps this long outside epoll between turns instead of being
+    /// woken by every frame (on loopback the sender pays each wake-up). Adds at
+    /// most this much to a delivery's latency; 0 = off. At most 10000.
+    #[arg(long, default_value_t = 100)]
+    coalesce_us: u64,
+    /// Fleet: this process takes connections I, I+N, I+2N, … of the plan
+    /// (`--shard I/N`); shard 0 publishes unless --connect-only.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Fleet: only publish (no connections); every --shard process connects only.
+    #[arg(long)]
+    publish_only: bool,
+    /// Fleet: only connect and account; another process publishes.
+    #[arg(long)]
+    connect_only: bool,
+    /// Resolve every flag, print the effective target and scenario, and exit
+    /// without contacting anything.
+    #[arg(long)]
+    print_config: bool,
+    /// Fleet: how long a process waits at the Redis barrier for the others.
+    #[arg(long, default_value_t = 300.0)]
+    barrier_timeout_s: f64,
     /// Seconds between progress lines (default 1 on a terminal, 5 otherwise).
     #[arg(long)]
     progress_interval_s: Option<f64>,
@@ -118,190 +183,15 @@ struct Cli {
     overrides: Overrides,
 }
 
-/// Quote an argument for a POSIX shell when needed.
-fn shell_quote(a: &str) -> String {
-    if !a.is_empty()
-        && a.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@+%".contains(&b))
-    {
-        a.to_owned()
-    } else {
-        format!("'{}'", a.replace('\'', r"'\''"))
-    }
-}
-
-/// Resolve `host:port` and insist on loopback.
-fn loopback(what: &str, hostport: &str) -> Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> = hostport
-        .to_socket_addrs()
-        .with_context(|| format!("{what}: cannot resolve {hostport:?} (want HOST:PORT)"))?
-        .collect();
-    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
-        bail!("{what}: {hostport} is not a loopback address; load tests target 127.0.0.0/8 or ::1 only");
-    }
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
-        .ok_or_else(|| anyhow!("{what}: no address"))
-}
-
-/// The `host:port` part of a `scheme://[user@]host:port/...` URL.
-fn url_hostport(url: &str, default_port: u16) -> Result<String> {
-    let rest = url
-        .split_once("://")
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("{url:?} is not a URL"))?;
-    let auth = rest.split(['/', '?']).next().unwrap_or("");
-    let hp = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
-    let has_port = if hp.starts_with('[') {
-        hp.contains("]:")
-    } else {
-        hp.contains(':')
-    };
-    Ok(if has_port {
-        hp.to_owned()
-    } else {
-        format!("{hp}:{default_port}")
-    })
-}
-
-fn raise_nofile(need: u64) -> Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Ok(());
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-    }
-    if lim.rlim_cur < need {
-        bail!(
-            "this run needs about {need} open files but the limit is {} (ulimit -n)",
-            lim.rlim_cur
-        );
-    }
-    Ok(())
-}
-
-fn options(cli: &Cli, command: String) -> Result<run::Options> {
-    let mut sc = Scenario::load(&cli.scenario)?;
-    sc.apply(&cli.overrides)?;
-    let (url, target) = match (&cli.gateway, &cli.url) {
-        (Some(g), None) => {
-            let t = loopback("--gateway", g)?;
-            (format!("ws://{g}/api/v1/ws"), t)
-        }
-        (None, Some(u)) => {
-            if !u.starts_with("ws://") {
-                bail!("--url must be a ws:// URL (loopback, no TLS)");
-            }
-            let t = loopback("--url", &url_hostport(u, 80)?)?;
-            (u.clone(), t)
-        }
-        _ => bail!("give the gateway's client listener: --gateway HOST:PORT or --url ws://…"),
-    };
-    let redis = match &cli.redis {
-        Some(r) => {
-            loopback("--redis", &url_hostport(r, 6379)?)?;
-            Some(r.clone())
-        }
-        None => None,
-    };
-    let admin = match &cli.admin {
-        Some(a) => Some(loopback("--admin", a)?),
-        None => None,
-    };
-    match sc.publisher {
-        PublisherKind::Redis if redis.is_none() => {
-            bail!("--publisher redis (the default) needs --redis redis://127.0.0.1:PORT/")
-        }
-        PublisherKind::Admin if admin.is_none() || cli.admin_token.is_none() => {
-            bail!("--publisher admin needs --admin HOST:PORT and --admin-token")
-        }
-        _ => {}
-    }
-    let client_threads = cli
-        .client_threads
-        .unwrap_or_else(|| procstat::affinity_cpus().clamp(1, 2));
-    if client_threads == 0 || client_threads > 64 {
-        bail!("--client-threads must be within 1..=64");
-    }
-    let read_buffer = cli.read_buffer_bytes.unwrap_or_else(|| {
-        (sc.event_bytes + 256)
-            .next_power_of_two()
-            .clamp(1024, 16384)
-    });
-    if read_buffer < 256 {
-        bail!("--read-buffer-bytes must be at least 256");
-    }
-    let jwt_secret = match cli.jwt_secret.as_deref() {
-        Some(s) if !s.is_empty() => s.to_owned(),
-        _ => bail!("--jwt-secret (the gateway's HS256 secret) is required"),
-    };
-    let progress_every = if cli.quiet {
-        None
-    } else {
-        let s = cli.progress_interval_s.unwrap_or_else(|| {
-            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                1.0
-            } else {
-                5.0
-            }
-        });
-        if !(s.is_finite() && s > 0.0) {
-            bail!("--progress-interval-s must be positive");
-        }
-        Some(Duration::from_secs_f64(s))
-    };
-    Ok(run::Options {
-        target,
-        url,
-        publish: publisher::Target {
-            kind: sc.publisher,
-            redis_url: redis,
-            admin_addr: admin,
-            admin_token: cli.admin_token.clone(),
-        },
-        jwt_secret,
-        jwt_issuer: cli.jwt_issuer.clone(),
-        jwt_audience: cli.jwt_audience.clone(),
-        gateway_pid: cli.gateway_pid,
-        gateway_shards: cli.gateway_shards,
-        ramp: cli.ramp,
-        run_id: cli.run_id.unwrap_or_else(|| fastrand::u64(1..(1u64 << 53))),
-        seed: cli.seed,
-        drop_events: cli.drop_event.iter().copied().collect(),
-        drop_every: cli.drop_every,
-        client_threads,
-        read_buffer,
-        progress_every,
-        allow_connect_failures: cli.allow_connect_failures,
-        command,
-        scenario: sc,
-    })
-}
-
 fn real_main() -> Result<bool> {
     let argv: Vec<String> = std::env::args().collect();
-    let command = argv
-        .iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = options::recorded_command(&argv);
     let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Merge(m)) => return merge::main(&m),
+        Some(Cmd::Chaos(c)) => return chaos::main(c, command),
+        None => {}
+    }
     if cli.list_scenarios {
         for (name, text) in scenario::SHIPPED {
             let s: Scenario = toml::from_str(text).unwrap_or_default();
@@ -309,8 +199,12 @@ fn real_main() -> Result<bool> {
         }
         return Ok(true);
     }
-    let opts = options(&cli, command)?;
-    raise_nofile(opts.scenario.connections as u64 + 256)?;
+    let opts = options::options(&cli, command)?;
+    if cli.print_config {
+        println!("{}", options::describe(&opts));
+        return Ok(true);
+    }
+    options::raise_nofile(opts.shard.len(opts.scenario.connections) as u64 + 256)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.client_threads)
         .max_blocking_threads(4)
@@ -352,30 +246,94 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_and_loopback() {
-        assert_eq!(
-            url_hostport("redis://127.0.0.1:6390/", 6379).expect("url"),
-            "127.0.0.1:6390"
-        );
-        assert_eq!(
-            url_hostport("redis://u:p@localhost/0", 6379).expect("url"),
-            "localhost:6379"
-        );
-        assert!(loopback("x", "127.0.0.5:80").is_ok());
-        assert!(loopback("x", "10.0.0.1:80").is_err());
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("--rate"), "--rate");
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<run::Options> {
+        let mut argv = vec!["xcord-loadtest"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(&argv)?;
+        options::options(&cli, "x".into())
     }
 
     #[test]
-    fn cli_parses() {
-        Cli::command_for_test();
+    fn remote_targets_are_accepted() {
+        // Not loopback, and no connection is made while parsing.
+        let o = parse(&[
+            "--gateway",
+            "ws://192.0.2.10:8080",
+            "--redis",
+            "redis://192.0.2.11:6379/",
+            "--jwt-secret",
+            "s",
+        ])
+        .expect("a remote ws:// gateway");
+        assert_eq!(o.url, "ws://192.0.2.10:8080/api/v1/ws");
+        assert!(
+            o.source_addrs.is_empty(),
+            "no 127.0.0.x binds for a remote target"
+        );
+        let o = parse(&[
+            "--gateway",
+            "wss://192.0.2.10:8443/edge/ws",
+            "--redis",
+            "rediss://192.0.2.11:6380/",
+            "--jwt-secret",
+            "s",
+            "--source-ips",
+            "192.0.2.50,192.0.2.51",
+        ])
+        .expect("a remote wss:// gateway");
+        assert!(o.target.as_ref().is_some_and(|t| t.tls.is_some()));
+        assert_eq!(o.source_addrs.len(), 2);
+        assert!(parse(&[
+            "--gateway",
+            "http://x:1",
+            "--redis",
+            "redis://h/",
+            "--jwt-secret",
+            "s"
+        ])
+        .is_err());
     }
 
-    impl Cli {
-        fn command_for_test() {
-            use clap::CommandFactory;
-            Cli::command().debug_assert();
-        }
+    #[test]
+    fn fleet_flags() {
+        let base = [
+            "--gateway",
+            "127.0.0.1:1",
+            "--redis",
+            "redis://127.0.0.1:1/",
+            "--jwt-secret",
+            "s",
+        ];
+        let mut a = base.to_vec();
+        a.extend(["--shard", "1/3"]);
+        assert!(parse(&a).is_err(), "a fleet needs --run-id");
+        a.extend(["--run-id", "7"]);
+        let o = parse(&a).expect("shard 1/3");
+        assert_eq!((o.shard.index, o.shard.count), (1, 3));
+        assert_eq!(o.role, fleet::Role::Connect);
+        let mut p = vec![
+            "--publish-only",
+            "--run-id",
+            "7",
+            "--redis",
+            "redis://127.0.0.1:1/",
+        ];
+        p.extend(["--shard", "0/2"]);
+        let o = parse(&p).expect("publisher");
+        assert_eq!(o.role, fleet::Role::Publish);
+    }
+
+    #[test]
+    fn secrets_hidden_from_help() {
+        use clap::CommandFactory;
+        std::env::set_var("XCORD_JWT_SECRET", "very-secret-value");
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("XCORD_JWT_SECRET"));
+        assert!(!help.contains("very-secret-value"), "{help}");
     }
 }

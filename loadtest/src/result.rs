@@ -10,7 +10,7 @@ use crate::scenario::Scenario;
 use crate::stats::Percentiles;
 
 pub use xcord_common::result::{
-    Client, Connections, Deliveries, Gateway, Host, RampStep, Round, SCHEMA,
+    Client, Connections, Deliveries, Fleet, Gateway, Histograms, Host, RampStep, Round, SCHEMA,
 };
 
 /// A result file as this tool writes it.
@@ -169,12 +169,24 @@ fn process_lines(s: &mut String, r: &RunResult) {
             f(g.cpu_seconds_per_million_deliveries)
         );
     }
+    let c = &r.client;
     let _ = writeln!(
         s,
-        "client: {} threads, {} cpu-s while measuring, rss {}",
-        r.client.threads,
-        f(r.client.cpu_seconds_measure),
-        mib(r.client.rss_bytes_end)
+        "client: {} engine threads, {} cpu-s while measuring ({} in the engine), rss {}",
+        c.threads,
+        f(c.cpu_seconds_measure),
+        f(c.engine_cpu_seconds_measure),
+        mib(c.rss_bytes_end)
+    );
+    let _ = writeln!(
+        s,
+        "cpu-s per million deliveries: gateway {} | this tool {} (engine {}); engine {} deliveries per cpu-second",
+        f(r.gateway
+            .as_ref()
+            .and_then(|g| g.cpu_seconds_per_million_deliveries)),
+        f(c.cpu_seconds_per_million_deliveries),
+        f(c.engine_cpu_seconds_per_million_deliveries),
+        f(c.deliveries_per_engine_cpu_second)
     );
 }
 

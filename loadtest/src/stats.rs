@@ -4,7 +4,7 @@
 //! them.
 
 use hdrhistogram::Histogram;
-use std::cell::RefCell;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -101,9 +101,21 @@ impl Default for Counters {
 }
 
 /// One client thread's histograms.
-struct Local {
+pub struct Local {
     steps: Vec<Histogram<u64>>,
     interval: Histogram<u64>,
+}
+
+impl Local {
+    /// Record one end-to-end latency (µs) for an event of `step`.
+    #[inline]
+    pub fn record(&mut self, step: usize, us: u64) {
+        while self.steps.len() <= step {
+            self.steps.push(new_hist());
+        }
+        record_into(&mut self.steps[step], us);
+        record_into(&mut self.interval, us);
+    }
 }
 
 fn registry() -> &'static Mutex<Vec<Arc<Mutex<Local>>>> {
@@ -111,32 +123,48 @@ fn registry() -> &'static Mutex<Vec<Arc<Mutex<Local>>>> {
     R.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-thread_local! {
-    static LOCAL: RefCell<Option<Arc<Mutex<Local>>>> = const { RefCell::new(None) };
+/// A worker thread's histograms, registered so that the run can merge them. The
+/// worker locks them once per event-loop turn (never contended but by a reader
+/// of the progress line).
+#[derive(Clone)]
+pub struct Recorder(Arc<Mutex<Local>>);
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        let l = Arc::new(Mutex::new(Local {
+            steps: Vec::new(),
+            interval: new_hist(),
+        }));
+        if let Ok(mut r) = registry().lock() {
+            r.push(l.clone());
+        }
+        Recorder(l)
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-/// Record one end-to-end latency for an event of `step`.
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static LOCAL: std::cell::RefCell<Option<Recorder>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Record one end-to-end latency for an event of `step` (this thread's recorder).
+#[cfg(test)]
 pub fn record_latency(step: usize, us: u64) {
     LOCAL.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let local = slot.get_or_insert_with(|| {
-            let l = Arc::new(Mutex::new(Local {
-                steps: Vec::new(),
-                interval: new_hist(),
-            }));
-            if let Ok(mut r) = registry().lock() {
-                r.push(l.clone());
-            }
-            l
-        });
-        let guard = local.lock();
-        if let Ok(mut l) = guard {
-            while l.steps.len() <= step {
-                l.steps.push(new_hist());
-            }
-            record_into(&mut l.steps[step], us);
-            record_into(&mut l.interval, us);
-        }
+        slot.get_or_insert_with(Recorder::new)
+            .lock()
+            .record(step, us);
     });
 }
 
@@ -167,6 +195,30 @@ pub fn take_interval() -> Histogram<u64> {
         }
     }
     out
+}
+
+/// A histogram as the base64 of hdrhistogram's V2 serialization (`None` if the
+/// serializer fails, which it does not for our bounds).
+pub fn encode(h: &Histogram<u64>) -> Option<String> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Serializer as _;
+    let mut buf = Vec::new();
+    hdrhistogram::serialization::V2Serializer::new()
+        .serialize(h, &mut buf)
+        .ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(buf))
+}
+
+/// The inverse of [`encode`].
+pub fn decode(s: &str) -> anyhow::Result<Histogram<u64>> {
+    use anyhow::Context as _;
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .context("histogram: not base64")?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut std::io::Cursor::new(raw))
+        .map_err(|e| anyhow::anyhow!("histogram: {e:?}"))
 }
 
 fn ms(us: u64) -> f64 {
@@ -238,6 +290,19 @@ mod tests {
         assert!(s.len() > 30);
         assert!(s.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
         assert!(Percentiles::of(&new_hist(), true).p50.is_none());
+    }
+
+    #[test]
+    fn histograms_round_trip_through_base64() {
+        let mut h = new_hist();
+        for v in [1u64, 50, 1000, 123_456, 3_000_000] {
+            record_into(&mut h, v);
+        }
+        let back = decode(&encode(&h).expect("encode")).expect("decode");
+        assert_eq!(back.len(), h.len());
+        assert_eq!(back.max(), h.max());
+        assert_eq!(back.value_at_quantile(0.5), h.value_at_quantile(0.5));
+        assert!(decode("not base64 !").is_err());
     }
 
     #[test]

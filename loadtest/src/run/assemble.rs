@@ -21,6 +21,11 @@ use crate::stats::{self, Counters, FromHistogram, Percentiles};
 
 /// Everything the phases gathered.
 pub(super) struct Gathered {
+    /// Which connections of the plan this process had subscribed at the end.
+    pub ready: Vec<bool>,
+    /// The publisher's (or, connect-only, the replayed) schedule per channel.
+    pub scheduled_per_channel: Vec<u64>,
+    pub dropped_per_channel: Vec<u64>,
     pub started_at_unix: u64,
     pub first: RoundStats,
     pub reconnects: Vec<Round>,
@@ -54,6 +59,7 @@ struct Totals {
     cpu_window_s: f64,
     still_arriving: bool,
     client_cpu: Option<f64>,
+    engine_cpu: Option<f64>,
 }
 
 impl Totals {
@@ -92,6 +98,7 @@ impl Totals {
             cpu_window_s: steps.iter().map(|s| s.window.as_secs_f64()).sum(),
             still_arriving: steps.iter().any(|s| s.still_arriving),
             client_cpu: steps.iter().map(|s| s.client_cpu).sum(),
+            engine_cpu: steps.iter().map(|s| s.engine_cpu).sum(),
         }
     }
 }
@@ -133,12 +140,9 @@ pub(super) fn assemble(o: &Options, plan: &Plan, counters: &Counters, g: Gathere
         tool_version: env!("CARGO_PKG_VERSION").into(),
         saturation_rate_events_per_sec: saturation.map(|(_, r)| r),
         latency_percentiles: stats::spectrum(&t.all),
-        client: result::Client {
-            threads: o.client_threads,
-            cpu_seconds_measure: t.client_cpu,
-            cpu_seconds_total: procstat::cpu_between(&g.me[0], &g.me[1]),
-            rss_bytes_end: g.me[1].rss_bytes,
-        },
+        client: client(o, &g, &t),
+        histograms: Some(histograms(&t.all, &g.first)),
+        fleet: Some(fleet(o, plan, &g)),
     };
     Outcome { result, curves }
 }
@@ -194,7 +198,7 @@ fn verdict(o: &Options, counters: &Counters, g: &Gathered, t: &Totals) -> Vec<St
             g.lost_before_measure
         ));
     }
-    if g.established_now == 0 {
+    if g.established_now == 0 && o.role.connects() {
         failure_reasons.push("no connection was established".into());
     }
     let scheduled: u64 = g.steps.iter().map(|s| s.report.scheduled).sum();
@@ -286,6 +290,50 @@ fn ramp_step(sc: &Scenario, counters: &Counters, i: usize, s: &StepOut) -> RampS
         client_cpu_percent: percent(s.client_cpu),
         publisher_max_lag_ms: r.max_lag.as_secs_f64() * 1000.0,
         why,
+    }
+}
+
+/// This tool's CPU, whole and the engine's threads alone, per million deliveries.
+fn client(o: &Options, g: &Gathered, t: &Totals) -> result::Client {
+    let per_million = |cpu: Option<f64>| {
+        cpu.filter(|_| t.distinct > 0)
+            .map(|c| c / (t.distinct as f64 / 1e6))
+    };
+    result::Client {
+        threads: o.client_threads,
+        cpu_seconds_measure: t.client_cpu,
+        cpu_seconds_total: procstat::cpu_between(&g.me[0], &g.me[1]),
+        rss_bytes_end: g.me[1].rss_bytes,
+        engine_cpu_seconds_measure: t.engine_cpu,
+        cpu_seconds_per_million_deliveries: per_million(t.client_cpu),
+        engine_cpu_seconds_per_million_deliveries: per_million(t.engine_cpu),
+        deliveries_per_engine_cpu_second: t
+            .engine_cpu
+            .filter(|c| *c > 0.0)
+            .map(|c| t.distinct as f64 / c),
+    }
+}
+
+/// The run's HDR histograms, serialised for a merge.
+fn histograms(all: &hdrhistogram::Histogram<u64>, first: &RoundStats) -> result::Histograms {
+    result::Histograms {
+        latency_us: stats::encode(all),
+        handshake_us: stats::encode(&first.handshake),
+        subscribe_us: stats::encode(&first.subscribe),
+    }
+}
+
+/// What a merge needs of this process: its subscribers and the schedule per channel.
+fn fleet(o: &Options, plan: &Plan, g: &Gathered) -> result::Fleet {
+    let publishes = o.role.publishes();
+    result::Fleet {
+        shard: o.shard.index,
+        shards: o.shard.count,
+        role: o.role.as_str().into(),
+        subscribers_per_channel: plan.subscriber_counts(&g.ready),
+        events_per_channel: publishes.then(|| g.scheduled_per_channel.clone()),
+        dropped_per_channel: publishes.then(|| g.dropped_per_channel.clone()),
+        merged_from: Vec::new(),
     }
 }
 

@@ -6,16 +6,15 @@
 //! A connection that never answers by the deadline counts as failed, so a round
 //! always accounts for all `n` connections.
 
+use anyhow::Result;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 use super::progress::{gw_text, Progress};
-use crate::conn::{self, ConnectReport, Ctrl, Env};
+use crate::engine::{ConnectReport, Engine, Env};
 use crate::procstat::{self, Sample};
 use crate::result::Round;
 use crate::scenario::Scenario;
@@ -38,19 +37,19 @@ pub(super) struct RoundStats {
     pub rss_points: Vec<(usize, u64)>,
     pub ok: Vec<bool>,
     pub handshake: hdrhistogram::Histogram<u64>,
+    pub subscribe: hdrhistogram::Histogram<u64>,
     pub errors: BTreeMap<String, u64>,
 }
 
 /// The connect phase as the rest of the run needs it.
 pub(super) struct Connected {
-    /// The connection tasks, and the channel that tells them what to do.
-    pub handles: Vec<JoinHandle<()>>,
-    pub ctrl: watch::Sender<Ctrl>,
+    /// The worker threads that hold the connections (none for `--publish-only`).
+    pub engine: Option<Engine>,
     pub first: RoundStats,
     pub reconnects: Vec<Round>,
     /// Failures of every round (reconnect rounds prefixed `round N:`).
     pub errors: BTreeMap<String, u64>,
-    /// Which connections are subscribed after the last round.
+    /// Which connections (of the whole plan) are subscribed after the last round.
     pub ready: Vec<bool>,
     /// Wall time of the first round, until every attempt answered.
     pub connect_phase_s: f64,
@@ -60,38 +59,50 @@ pub(super) struct Connected {
     pub self_start: Sample,
 }
 
-/// Start every connection, collect the first round, then run the reconnect rounds.
+/// Start every connection of this process (`ids`, plan indices) on `threads`
+/// worker threads, collect the first round, then run the reconnect rounds.
 pub(super) async fn connect_all(
     env: &Arc<Env>,
+    threads: usize,
+    ids: &[usize],
     url: &str,
     rx: &mut mpsc::UnboundedReceiver<ConnectReport>,
     w: &mut Watch<'_>,
-) -> Connected {
-    let (sc, n) = (w.sc, w.sc.connections);
+) -> Result<Connected> {
+    let (sc, n) = (w.sc, ids.len());
+    let total = env.plan.conns.len();
     let gw_before = w.pid.map(|p| procstat::sample(Some(p)));
     let self_start = procstat::sample(None);
     let round_start = Instant::now();
-    let (ctrl, ctrl_rx) = watch::channel(Ctrl {
-        round: 0,
-        stop: false,
-        round_start,
-    });
-    w.progress.say(&format!(
-        "connecting {n} to {url} from {} source address(es), {} at a time{}",
-        env.source_addrs,
-        sc.connect_concurrency,
-        if sc.connect_rate > 0.0 {
-            format!(", {}/s", sc.connect_rate)
-        } else {
-            String::new()
-        }
-    ));
-    let mut handles = Vec::with_capacity(n);
-    for id in 0..n {
-        handles.push(tokio::spawn(conn::run(id, env.clone(), ctrl_rx.clone())));
+    {
+        let mut c = env.ctrl.lock().unwrap_or_else(|e| e.into_inner());
+        c.round_start = round_start;
     }
-    drop(ctrl_rx);
-    let first = collect_round(0, n, rx, round_start, w).await;
+    if n == 0 {
+        w.progress
+            .say("no connections in this process (--publish-only)");
+    } else {
+        w.progress.say(&format!(
+            "connecting {n} to {url} on {threads} thread(s) from {}, {} at a time{}",
+            if env.source_addrs.is_empty() {
+                "the default source address".to_owned()
+            } else {
+                format!("{} source address(es)", env.source_addrs.len())
+            },
+            sc.connect_concurrency,
+            if sc.connect_rate > 0.0 {
+                format!(", {}/s", sc.connect_rate)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let engine = if ids.is_empty() {
+        None
+    } else {
+        Some(Engine::start(env.clone(), threads, ids)?)
+    };
+    let first = collect_round(0, n, total, rx, round_start, w).await;
     let connect_phase_s = round_start.elapsed().as_secs_f64();
     w.progress.say(&format!(
         "round 0: {}/{} subscribed, {} failed in {:.2} s",
@@ -100,10 +111,12 @@ pub(super) async fn connect_all(
     let gw_after = w.pid.map(|p| procstat::sample(Some(p)));
     let mut errors = first.errors.clone();
     let mut ready = first.ok.clone();
-    let reconnects = reconnect_rounds(&env.slots, &ctrl, rx, w, &mut errors, &mut ready).await;
-    Connected {
-        handles,
-        ctrl,
+    let reconnects = match &engine {
+        Some(e) => reconnect_rounds(e, n, total, rx, w, &mut errors, &mut ready).await,
+        None => Vec::new(),
+    };
+    Ok(Connected {
+        engine,
         first,
         reconnects,
         errors,
@@ -112,34 +125,30 @@ pub(super) async fn connect_all(
         gw_before,
         gw_after,
         self_start,
-    }
+    })
 }
 
 /// The scenario's reconnect rounds: each one makes every connection close and
 /// connect again at once; `ready` ends as the last round left it.
 async fn reconnect_rounds(
-    slots: &AtomicU64,
-    ctrl: &watch::Sender<Ctrl>,
+    engine: &Engine,
+    n: usize,
+    total: usize,
     rx: &mut mpsc::UnboundedReceiver<ConnectReport>,
     w: &mut Watch<'_>,
     errors: &mut BTreeMap<String, u64>,
     ready: &mut Vec<bool>,
 ) -> Vec<Round> {
-    let n = w.sc.connections;
     let mut reconnects = Vec::new();
     for r in 1..=w.sc.reconnect_rounds {
         if w.abort.load(Relaxed) {
             break;
         }
-        slots.store(0, Relaxed);
         let start = Instant::now();
-        ctrl.send_modify(|c| {
-            c.round = r;
-            c.round_start = start;
-        });
+        engine.next_round(r, start);
         w.progress
             .say(&format!("round {r}: every connection reconnects now"));
-        let rs = collect_round(r, n, rx, start, w).await;
+        let rs = collect_round(r, n, total, rx, start, w).await;
         w.progress.say(&format!(
             "round {r}: {}/{} subscribed, {} failed in {:.2} s",
             rs.round.established, n, rs.round.failed, rs.round.duration_s
@@ -169,15 +178,17 @@ fn round_deadline(sc: &Scenario, n: usize, start: Instant) -> Instant {
         )
 }
 
-/// Collect round `round`'s reports for `n` connections.
+/// Collect round `round`'s reports for this process's `n` connections (of the
+/// plan's `total`).
 async fn collect_round(
     round: u32,
     n: usize,
+    total: usize,
     rx: &mut mpsc::UnboundedReceiver<ConnectReport>,
     start: Instant,
     w: &mut Watch<'_>,
 ) -> RoundStats {
-    let mut t = Tally::new(n, start);
+    let mut t = Tally::new(n, total, start);
     let deadline = round_deadline(w.sc, n, start);
     let mut gw_prev = None;
     while t.good + t.bad < n {
@@ -213,6 +224,7 @@ async fn collect_round(
 
 /// The running count of one round.
 struct Tally {
+    /// This process's connections.
     n: usize,
     ok: Vec<bool>,
     seen: Vec<bool>,
@@ -230,11 +242,11 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(n: usize, start: Instant) -> Tally {
+    fn new(n: usize, total: usize, start: Instant) -> Tally {
         Tally {
             n,
-            ok: vec![false; n],
-            seen: vec![false; n],
+            ok: vec![false; total],
+            seen: vec![false; total],
             hs: stats::new_hist(),
             sub: stats::new_hist(),
             errors: BTreeMap::new(),
@@ -251,7 +263,7 @@ impl Tally {
     /// Count one report of this round; `false` when it is a connection's second.
     fn record(&mut self, rep: ConnectReport, pid: Option<u32>) -> bool {
         let n = self.n;
-        if rep.id >= n || self.seen[rep.id] {
+        if rep.id >= self.seen.len() || self.seen[rep.id] {
             return false;
         }
         self.seen[rep.id] = true;
@@ -306,6 +318,7 @@ impl Tally {
             },
             ok: self.ok,
             handshake: self.hs,
+            subscribe: self.sub,
             errors: self.errors,
         }
     }

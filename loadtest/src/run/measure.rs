@@ -30,6 +30,8 @@ pub(super) struct StepOut {
     pub last_receive: Instant,
     pub gw_cpu: Option<f64>,
     pub client_cpu: Option<f64>,
+    /// CPU of the connection engine's threads alone (no publisher, no coordinator).
+    pub engine_cpu: Option<f64>,
     pub p: Percentiles,
 }
 
@@ -45,6 +47,7 @@ impl StepOut {
 /// What the steps share.
 pub(super) struct Bench<'a> {
     pub o: &'a Options,
+    pub env: &'a crate::engine::Env,
     pub counters: &'a Counters,
     pub clock: &'a Clock,
     pub abort: &'a Arc<AtomicBool>,
@@ -52,6 +55,8 @@ pub(super) struct Bench<'a> {
     /// Subscribers of each published channel.
     pub subs: Arc<Vec<u32>>,
     pub grace: Duration,
+    /// When the first step starts (a fleet's barrier); `None` = at once.
+    pub first_start: Option<Instant>,
 }
 
 /// The steps' (rate, seconds): the ramp's geometric rates, or the one plain step.
@@ -76,12 +81,12 @@ pub(super) async fn measure(
     mut publisher: Publisher,
     b: &mut Bench<'_>,
     mean_fanout: f64,
-    established_now: usize,
+    measurable: bool,
 ) -> Result<(Publisher, Vec<StepOut>)> {
     let sc = &b.o.scenario;
     let mut outs: Vec<StepOut> = Vec::new();
     for (i, (rate, dur)) in schedule(b.o, sc).iter().enumerate() {
-        if b.abort.load(Relaxed) || established_now == 0 {
+        if b.abort.load(Relaxed) || !measurable {
             break;
         }
         b.progress.say(&format!(
@@ -154,12 +159,14 @@ async fn measure_step(
     let w0 = Instant::now();
     let g0 = pid.map(|p| procstat::sample(Some(p)));
     let c0 = procstat::sample(None);
+    let e0 = crate::engine::thread_cpu_seconds(b.env);
     let (publisher, report) = publish(publisher, step, rate, duration, b).await?;
     let drained = drain(b.counters, step as usize, &report, b.grace).await;
     let last_ns = b.counters.last_receive_ns.load(Relaxed);
     let last_receive = clock_instant(b.clock, last_ns).max(report.started);
     let g1 = pid.map(|p| procstat::sample(Some(p)));
     let c1 = procstat::sample(None);
+    let e1 = crate::engine::thread_cpu_seconds(b.env);
     let window = w0.elapsed();
     let gw_cpu = match (g0, g1) {
         (Some(a), Some(b)) => procstat::cpu_between(&a, &b),
@@ -177,6 +184,7 @@ async fn measure_step(
             last_receive,
             gw_cpu,
             client_cpu: procstat::cpu_between(&c0, &c1),
+            engine_cpu: e0.zip(e1).map(|(a, b)| b - a),
             p,
         },
     ))
@@ -191,8 +199,12 @@ async fn publish(
     b: &mut Bench<'_>,
 ) -> Result<(Publisher, PhaseReport)> {
     let (subs, ab) = (b.subs.clone(), b.abort.clone());
+    let start = b
+        .first_start
+        .take()
+        .unwrap_or_else(|| Instant::now() + Duration::from_millis(5));
     let handle = tokio::task::spawn_blocking(move || {
-        let r = publisher.run_phase(step, rate, duration, &subs, &ab);
+        let r = publisher.run_phase(step, rate, duration, start, &subs, &ab);
         (publisher, r)
     });
     tokio::pin!(handle);

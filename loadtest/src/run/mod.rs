@@ -16,19 +16,18 @@ mod progress;
 
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 use crate::clock::Clock;
-use crate::conn::{ConnectReport, Env};
+use crate::engine::{ConnectReport, Ctrl, Engine, Env, Target as WsTarget};
+use crate::fleet::{Barrier, Role, Shard};
 use crate::plan::Plan;
 use crate::procstat;
-use crate::publisher::{Publisher, Target};
+use crate::publisher::{Hooks, Publisher, Target};
 use crate::report::Curve;
 use crate::result::RunResult;
 use crate::scenario::Scenario;
@@ -42,8 +41,12 @@ use progress::{gw_text, Progress};
 /// Everything a run needs, resolved from the command line.
 pub struct Options {
     pub scenario: Scenario,
-    pub target: SocketAddr,
+    /// The gateway: address, Host header, path, TLS (`None` for `--publish-only`).
+    pub target: Option<WsTarget>,
+    /// The URL as given (shown, recorded).
     pub url: String,
+    /// Source addresses to bind, connection `id` on `id % len`; empty = the kernel's.
+    pub source_addrs: Vec<IpAddr>,
     pub publish: Target,
     pub jwt_secret: String,
     pub jwt_issuer: Option<String>,
@@ -55,8 +58,18 @@ pub struct Options {
     pub seed: u64,
     pub drop_events: BTreeSet<u64>,
     pub drop_every: u64,
+    pub duplicate_events: BTreeSet<u64>,
     pub client_threads: usize,
+    /// Each engine thread's read buffer.
     pub read_buffer: usize,
+    /// How long an engine thread sleeps outside epoll between busy turns.
+    pub coalesce: Duration,
+    /// This process's slice of the plan, and what it does in a fleet.
+    pub shard: Shard,
+    pub role: Role,
+    /// The Redis of the fleet barrier, and how long to wait there.
+    pub barrier_redis: Option<String>,
+    pub barrier_timeout: Duration,
     pub progress_every: Option<Duration>,
     pub allow_connect_failures: bool,
     pub command: String,
@@ -91,10 +104,16 @@ pub async fn run(o: Options) -> Result<Outcome> {
         pid: o.gateway_pid,
         abort: &abort,
     };
-    let connected = connect_all(&env, &o.url, &mut rep_rx, &mut w).await;
+    let ids: Vec<usize> = if o.role.connects() {
+        o.shard.ids(plan.conns.len())
+    } else {
+        Vec::new()
+    };
+    let connected = connect_all(&env, o.client_threads, &ids, &o.url, &mut rep_rx, &mut w).await?;
     let established_now = connected.ready.iter().filter(|x| **x).count();
     let lost_before_measure = counters.lost.load(Relaxed);
     let settle_s = settle(&mut w, &counters, established_now).await;
+    let first_start = meet(&o, clock, &mut progress).await?;
     env.typing_on.store(true, Relaxed);
     let other_before = counters.other_events.load(Relaxed);
 
@@ -102,21 +121,27 @@ pub async fn run(o: Options) -> Result<Outcome> {
     let mean_fanout = plan.mean_fanout(&subs);
     let mut bench = Bench {
         o: &o,
+        env: &env,
         counters: &counters,
         clock: &clock,
         abort: &abort,
         progress: &mut progress,
         subs,
         grace: Duration::from_secs_f64(sc.drain_grace_s),
+        first_start,
     };
-    let (_publisher, steps) = measure(publisher, &mut bench, mean_fanout, established_now).await?;
+    let measurable = established_now > 0 || !o.role.connects();
+    let (publisher, steps) = measure(publisher, &mut bench, mean_fanout, measurable).await?;
     let g_end = o.gateway_pid.map(|p| procstat::sample(Some(p)));
     let self_end = procstat::sample(None);
     let other_during = counters.other_events.load(Relaxed) - other_before;
     env.typing_on.store(false, Relaxed);
-    stop_all(&connected.ctrl, connected.handles, &mut progress).await;
+    stop_all(connected.engine, &mut progress).await;
 
     let gathered = Gathered {
+        ready: connected.ready,
+        scheduled_per_channel: publisher.scheduled_per_channel,
+        dropped_per_channel: publisher.dropped_per_channel,
         started_at_unix,
         first: connected.first,
         reconnects: connected.reconnects,
@@ -195,9 +220,14 @@ async fn open_publisher(
     let plan = plan.clone();
     let counters = counters.clone();
     let (run_id, bytes, seed) = (o.run_id, o.scenario.event_bytes, o.seed);
-    let (de, dv) = (o.drop_events.clone(), o.drop_every);
+    let hooks = Hooks {
+        drop_events: o.drop_events.clone(),
+        drop_every: o.drop_every,
+        duplicate_events: o.duplicate_events.clone(),
+    };
+    let dry = !o.role.publishes();
     tokio::task::spawn_blocking(move || {
-        Publisher::new(&t, plan, clock, run_id, bytes, seed, de, dv, counters)
+        Publisher::new(&t, dry, plan, clock, run_id, bytes, seed, hooks, counters)
     })
     .await?
 }
@@ -229,20 +259,21 @@ fn env(
 ) -> Env {
     let sc = &o.scenario;
     Env {
-        target: o.target,
-        url: o.url.clone(),
-        ws_config: WebSocketConfig::default()
-            .read_buffer_size(o.read_buffer)
-            .write_buffer_size(0)
-            .max_message_size(Some(1 << 20))
-            .max_frame_size(Some(1 << 20)),
-        source_addrs: sc.effective_source_addrs(),
+        target: o.target.clone().unwrap_or_else(|| WsTarget {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+            host_header: String::new(),
+            path: String::new(),
+            tls: None,
+        }),
+        read_buffer: o.read_buffer,
+        coalesce: o.coalesce,
+        source_addrs: o.source_addrs.clone(),
         connect_timeout: Duration::from_secs_f64(sc.connect_timeout_s),
         connect_retries: sc.connect_retries,
         connect_backoff: Duration::from_millis(sc.connect_retry_backoff_ms),
         connect_rate: sc.connect_rate,
+        connect_concurrency: sc.connect_concurrency,
         slots: AtomicU64::new(0),
-        sem: Semaphore::new(sc.connect_concurrency),
         ping: sc.ping,
         ping_interval: (sc.ping_interval_ms > 0)
             .then(|| Duration::from_millis(sc.ping_interval_ms)),
@@ -260,6 +291,12 @@ fn env(
         clock,
         run_id: o.run_id,
         reports,
+        ctrl: Mutex::new(Ctrl {
+            round: 0,
+            stop: false,
+            round_start: Instant::now(),
+        }),
+        tids: Mutex::new(Vec::new()),
     }
 }
 
@@ -301,20 +338,47 @@ async fn settle(w: &mut Watch<'_>, counters: &Counters, established_now: usize) 
     settle_s
 }
 
-/// Tell every connection to close, and wait for them (at most 15 s in all).
-async fn stop_all(
-    ctrl: &tokio::sync::watch::Sender<crate::conn::Ctrl>,
-    handles: Vec<tokio::task::JoinHandle<()>>,
-    progress: &mut Progress,
-) {
-    ctrl.send_modify(|c| c.stop = true);
-    progress.end_line();
-    let stop_deadline = Instant::now() + Duration::from_secs(15);
-    for h in handles {
-        let left = stop_deadline.saturating_duration_since(Instant::now());
-        let abort_handle = h.abort_handle();
-        if tokio::time::timeout(left, h).await.is_err() {
-            abort_handle.abort();
-        }
+/// A fleet's processes meet at the Redis barrier (`fleet`): returns the start
+/// of the measured phase, or `None` for a single process (it starts at once).
+async fn meet(o: &Options, clock: Clock, progress: &mut Progress) -> Result<Option<Instant>> {
+    if o.shard.count == 1 && o.role == Role::Both {
+        return Ok(None);
     }
+    let Some(url) = o.barrier_redis.clone() else {
+        bail!("a fleet run meets at a Redis barrier: give --redis");
+    };
+    progress.say(&format!(
+        "fleet: shard {}/{} ({}) at the barrier of run {}",
+        o.shard.index,
+        o.shard.count,
+        o.role.as_str(),
+        o.run_id
+    ));
+    let (role, run_id, timeout, shards) = (o.role, o.run_id, o.barrier_timeout, o.shard.count);
+    let start = tokio::task::spawn_blocking(move || -> Result<Instant> {
+        let mut b = Barrier::open(&url, run_id, timeout)?;
+        if role.connects() {
+            b.arrive()?;
+        }
+        if role.publishes() {
+            b.release(shards, &clock)
+        } else {
+            b.wait_start(&clock)
+        }
+    })
+    .await??;
+    progress.say(&format!(
+        "fleet: start in {:.2} s",
+        start
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64()
+    ));
+    Ok(Some(start))
+}
+
+/// Tell every connection to close, and wait for the worker threads (at most 15 s).
+async fn stop_all(engine: Option<Engine>, progress: &mut Progress) {
+    progress.end_line();
+    let Some(engine) = engine else { return };
+    let _ = tokio::task::spawn_blocking(move || engine.stop(Duration::from_secs(15))).await;
 }
