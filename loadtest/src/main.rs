@@ -9,6 +9,7 @@
 
 mod chaos;
 mod clock;
+mod compare;
 mod engine;
 mod fleet;
 mod merge;
@@ -42,6 +43,9 @@ enum Cmd {
     /// Reliability under faults: clients that resume (SPEC §8) while connections
     /// are reset, Redis restarts and a second gateway node drains.
     Chaos(chaos::ChaosArgs),
+    /// The same scenario against the floor (xcord-floor) and the gateway, side by
+    /// side: every figure as a ratio to the floor's.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -190,6 +194,7 @@ fn real_main() -> Result<bool> {
     match cli.cmd {
         Some(Cmd::Merge(m)) => return merge::main(&m),
         Some(Cmd::Chaos(c)) => return chaos::main(c, command),
+        Some(Cmd::Compare(c)) => return compare::main(c),
         None => {}
     }
     if cli.list_scenarios {

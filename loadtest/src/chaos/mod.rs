@@ -17,7 +17,7 @@
 
 mod account;
 mod client;
-mod procs;
+pub mod procs;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
