@@ -64,6 +64,8 @@ pub struct Config<S = IgnoredAny> {
     pub seed: u64,
     pub source_addrs: usize,
     pub client_threads: usize,
+    /// permessage-deflate was offered (`--compression`).
+    pub compression: bool,
     /// Every key of the effective scenario, after flag overrides.
     pub scenario: S,
 }
@@ -151,6 +153,16 @@ pub struct Deliveries {
     pub still_arriving_at_end: bool,
     /// How long the run waited for connect-time events to settle before measuring.
     pub settle_s: f64,
+    /// Wire bytes of the deliveries received (frame headers included), per
+    /// delivery, and the deliveries that came compressed (permessage-deflate).
+    pub wire_bytes: u64,
+    pub wire_bytes_per_delivery: Option<f64>,
+    pub compressed: u64,
+}
+
+/// Bytes per delivery, when there were deliveries.
+pub fn per_delivery(bytes: u64, received: u64) -> Option<f64> {
+    (received > 0).then(|| bytes as f64 / received as f64)
 }
 
 /// The gateway process, sampled around each phase (`--gateway-pid`).

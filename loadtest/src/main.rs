@@ -157,6 +157,11 @@ pub struct Cli {
     /// most this much to a delivery's latency; 0 = off. At most 10000.
     #[arg(long, default_value_t = 100)]
     coalesce_us: u64,
+    /// Offer permessage-deflate (RFC 7692) on every connection, as browsers do;
+    /// compressed events are inflated and accounted like plain ones, and the
+    /// result counts the wire bytes per delivery either way.
+    #[arg(long)]
+    compression: bool,
     /// Fleet: this process takes connections I, I+N, I+2N, … of the plan
     /// (`--shard I/N`); shard 0 publishes unless --connect-only.
     #[arg(long, value_name = "I/N")]

@@ -123,6 +123,7 @@ pub fn merge(parts: &[(String, RunResult)]) -> Result<RunResult> {
         subscribe_us: stats::encode(&sub),
     });
     m.config.client_threads = parts.iter().map(|(_, r)| r.config.client_threads).sum();
+    m.config.compression = parts.iter().any(|(_, r)| r.config.compression);
     let scheduled = m.deliveries.events_scheduled.max(1);
     m.config.mean_fanout = m.deliveries.expected.unwrap_or(0) as f64 / scheduled as f64;
     rescale_memory(&mut m, base);
@@ -191,6 +192,10 @@ fn merge_deliveries(
     d.other_events = sum(&|r| r.deliveries.other_events);
     d.other_events_during_measure = sum(&|r| r.deliveries.other_events_during_measure);
     d.seq_regressions = sum(&|r| r.deliveries.seq_regressions);
+    d.wire_bytes = sum(&|r| r.deliveries.wire_bytes);
+    d.compressed = sum(&|r| r.deliveries.compressed);
+    d.wire_bytes_per_delivery =
+        xcord_common::result::per_delivery(d.wire_bytes, d.received.unwrap_or(0));
     d.still_arriving_at_end = parts
         .iter()
         .any(|(_, r)| r.deliveries.still_arriving_at_end);

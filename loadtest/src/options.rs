@@ -181,6 +181,7 @@ pub fn options(cli: &Cli, command: String) -> Result<run::Options> {
         client_threads,
         read_buffer,
         coalesce: Duration::from_micros(cli.coalesce_us.min(10_000)),
+        compression: cli.compression,
         progress_every,
         allow_connect_failures: cli.allow_connect_failures,
         command,

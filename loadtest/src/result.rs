@@ -10,7 +10,8 @@ use crate::scenario::Scenario;
 use crate::stats::Percentiles;
 
 pub use xcord_common::result::{
-    Client, Connections, Deliveries, Fleet, Gateway, Histograms, Host, RampStep, Round, SCHEMA,
+    per_delivery, Client, Connections, Deliveries, Fleet, Gateway, Histograms, Host, RampStep,
+    Round, SCHEMA,
 };
 
 /// A result file as this tool writes it.
@@ -127,6 +128,14 @@ fn delivery_lines(s: &mut String, r: &RunResult) {
         d.events_dropped_by_hook,
         d.publish_errors,
         d.publisher_max_lag_ms
+    );
+    let _ = writeln!(
+        s,
+        "  wire: {} bytes per delivery ({} of {} compressed)",
+        d.wire_bytes_per_delivery
+            .map_or_else(|| "-".to_owned(), |b| format!("{b:.1}")),
+        d.compressed,
+        d.received.unwrap_or_default()
     );
     let _ = writeln!(
         s,

@@ -52,6 +52,10 @@ pub struct Counters {
     pub pings: AtomicU64,
     pub pongs: AtomicU64,
     pub typing_sent: AtomicU64,
+    /// Wire bytes of this run's deliveries (frame headers included), and the
+    /// deliveries that came compressed (permessage-deflate).
+    pub wire_bytes: AtomicU64,
+    pub compressed: AtomicU64,
     /// Published so far, and expected deliveries so far (for the progress line).
     pub published: AtomicU64,
     pub expected: AtomicU64,
@@ -77,6 +81,8 @@ impl Counters {
             pings: AtomicU64::new(0),
             pongs: AtomicU64::new(0),
             typing_sent: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
+            compressed: AtomicU64::new(0),
             published: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             last_receive_ns: AtomicU64::new(0),

@@ -101,6 +101,44 @@ fn a_duplicated_event_is_reported_duplicated() {
 }
 
 #[test]
+fn compressed_deliveries_are_inflated_accounted_and_smaller_on_the_wire() {
+    let _g = serial();
+    let redis = Redis::start();
+    let gw = Gateway::start(&redis);
+    let (out, plain) = loadtest(&gw, &redis, "plain", SMALL_FANOUT);
+    assert_eq!(out.status.code(), Some(0));
+    assert_clean(&plain, 300);
+    let mut args = SMALL_FANOUT.to_vec();
+    args.push("--compression");
+    let (out, comp) = loadtest(&gw, &redis, "deflate", &args);
+    assert_eq!(out.status.code(), Some(0));
+    assert_clean(&comp, 300);
+    assert_eq!(plain["config"]["compression"], false);
+    assert_eq!(comp["config"]["compression"], true);
+    // Every delivery came compressed (the gateway's default is --compression on),
+    // and none did without the offer.
+    assert_eq!(u(&plain, &["deliveries", "compressed"]), 0);
+    assert_eq!(
+        u(&comp, &["deliveries", "compressed"]),
+        u(&comp, &["deliveries", "received"])
+    );
+    let wire = |v: &Value| {
+        v["deliveries"]["wire_bytes_per_delivery"]
+            .as_f64()
+            .expect("wire bytes per delivery")
+    };
+    // The same events (sizes differ only in their numbers): chat-like words
+    // compress, so the compressed frames are smaller.
+    assert!(wire(&plain) > 200.0, "{}", wire(&plain));
+    assert!(
+        wire(&comp) < wire(&plain),
+        "{} vs {}",
+        wire(&comp),
+        wire(&plain)
+    );
+}
+
+#[test]
 fn admin_publisher_chat_and_reconnect_storm() {
     let _g = serial();
     let redis = Redis::start();

@@ -129,7 +129,7 @@ impl Ws {
     /// read timeout.
     fn next(&mut self) -> io::Result<(u8, Vec<u8>)> {
         loop {
-            match ws::parse_frame(&self.buf, 0) {
+            match ws::parse_frame(&self.buf, 0, false) {
                 Parsed::Frame(f) => {
                     let p = self.buf[f.start..f.end].to_vec();
                     self.buf.drain(..f.end);
@@ -442,13 +442,13 @@ impl Client {
 fn upgrade(w: &mut Ws, addr: &SocketAddr) -> io::Result<()> {
     let key = ws::new_key();
     let mut req = Vec::new();
-    ws::upgrade_request(&addr.to_string(), "/api/v1/ws", &key, &mut req);
+    ws::upgrade_request(&addr.to_string(), "/api/v1/ws", &key, false, &mut req);
     w.s.write_all(&req)?;
     let accept = ws::accept_for(&key);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match ws::parse_upgrade(&w.buf, &accept) {
-            ws::Upgrade::Done(off) => {
+            ws::Upgrade::Done(off, _) => {
                 w.buf.drain(..off);
                 return Ok(());
             }

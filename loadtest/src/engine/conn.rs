@@ -71,8 +71,11 @@ pub(super) struct Conn {
     need: usize,
     /// Bytes the kernel has not taken yet (plain sockets).
     pub pending: Vec<u8>,
-    /// A fragmented message being put together.
+    /// A fragmented message being put together (and whether it is compressed).
     pub frag: Option<Vec<u8>>,
+    frag_compressed: bool,
+    /// permessage-deflate was negotiated on this connection.
+    deflate: bool,
     tracker: Tracker,
     token: Option<String>,
     /// The expected `Sec-WebSocket-Accept` while upgrading.
@@ -103,6 +106,8 @@ impl Conn {
             need: 0,
             pending: Vec::new(),
             frag: None,
+            frag_compressed: false,
+            deflate: false,
             tracker: Tracker::new(tracked),
             token: None,
             accept: String::new(),
@@ -122,6 +127,7 @@ impl Conn {
         self.need = 0;
         self.pending.clear();
         self.frag = None;
+        self.deflate = false;
         self.sub_pos = 0;
         self.chunk = 0;
         self.errors.clear();
@@ -174,7 +180,13 @@ impl Worker {
         let mut req = std::mem::take(&mut self.out);
         req.clear();
         let t = &self.env.target;
-        ws::upgrade_request(&t.host_header, &t.path, &key, &mut req);
+        ws::upgrade_request(
+            &t.host_header,
+            &t.path,
+            &key,
+            self.env.compression,
+            &mut req,
+        );
         let ok = self.write_raw(idx, &req);
         self.out = req;
         ok
@@ -244,8 +256,13 @@ impl Worker {
                     self.fail(idx, r);
                     return false;
                 }
-                Upgrade::Done(off) => {
+                Upgrade::Done(off, deflate) => {
                     pos = off;
+                    if deflate && !self.env.compression {
+                        self.fail(idx, "permessage-deflate accepted but not offered".into());
+                        return false;
+                    }
+                    self.conns[idx].deflate = deflate;
                     if !self.send_hello(idx) {
                         return false;
                     }
@@ -253,7 +270,7 @@ impl Worker {
             }
         }
         while pos < buf.len() {
-            match ws::parse_frame(buf, pos) {
+            match ws::parse_frame(buf, pos, self.conns[idx].deflate) {
                 Parsed::Need(n) => {
                     let c = &mut self.conns[idx];
                     c.leftover.extend_from_slice(&buf[pos..]);
@@ -277,11 +294,15 @@ impl Worker {
     }
 
     fn on_frame(&mut self, idx: usize, f: ws::Frame, payload: &[u8], hist: &mut Local) -> bool {
+        self.wire = f.end - f.head;
         match f.opcode {
+            ws::OP_TEXT if f.fin && f.compressed => self.on_compressed(idx, payload, hist),
             ws::OP_TEXT if f.fin => self.on_message(idx, payload, hist),
             ws::OP_BINARY if f.fin => true,
             ws::OP_TEXT | ws::OP_BINARY => {
-                self.conns[idx].frag = Some(payload.to_vec());
+                let c = &mut self.conns[idx];
+                c.frag = Some(payload.to_vec());
+                c.frag_compressed = f.compressed;
                 true
             }
             ws::OP_CONT => {
@@ -295,11 +316,13 @@ impl Worker {
                     self.fail(idx, "protocol error: message over 1 MiB".into());
                     return false;
                 }
-                if f.fin {
-                    self.on_message(idx, &m, hist)
-                } else {
+                if !f.fin {
                     self.conns[idx].frag = Some(m);
                     true
+                } else if self.conns[idx].frag_compressed {
+                    self.on_compressed(idx, &m, hist)
+                } else {
+                    self.on_message(idx, &m, hist)
                 }
             }
             ws::OP_PING => self.send(idx, ws::OP_PONG, payload),
@@ -325,6 +348,29 @@ impl Worker {
                 false
             }
         }
+    }
+
+    /// One complete compressed text message: inflated with the thread's
+    /// decompressor into the thread's buffer, then handled as any other.
+    fn on_compressed(&mut self, idx: usize, msg: &[u8], hist: &mut Local) -> bool {
+        let mut text = std::mem::take(&mut self.inflated);
+        let ok = match ws::inflate(&mut self.inflater, msg, &mut text) {
+            Ok(()) => {
+                self.compressed = true;
+                let ok = self.on_message(idx, &text, hist);
+                self.compressed = false;
+                ok
+            }
+            Err(e) => {
+                self.fail(idx, format!("protocol error: {e}"));
+                false
+            }
+        };
+        if text.capacity() > 1 << 20 {
+            text = Vec::new();
+        }
+        self.inflated = text;
+        ok
     }
 
     /// One complete text message. Events and PONGs are read in place; the few
@@ -397,7 +443,13 @@ impl Worker {
             clock: &env.clock,
             run_id: env.run_id,
         };
+        let before = sink.acc.received;
         self.conns[idx].tracker.on_text(text, &mut sink);
+        if self.acc.received > before {
+            // A delivery of this run: what it cost on the wire.
+            self.acc.wire_bytes += self.wire as u64;
+            self.acc.compressed += u64::from(self.compressed);
+        }
     }
 
     fn send_hello(&mut self, idx: usize) -> bool {

@@ -96,6 +96,8 @@ pub struct Env {
     pub connect_concurrency: usize,
     pub slots: AtomicU64,
     pub ping: bool,
+    /// Offer permessage-deflate (`--compression`).
+    pub compression: bool,
     pub ping_interval: Option<Duration>,
     /// Mean time between TYPING_START of one connection.
     pub typing_mean: Option<Duration>,

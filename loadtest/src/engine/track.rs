@@ -156,6 +156,10 @@ pub struct Acc {
     pub pongs: u64,
     pub pings: u64,
     pub typing_sent: u64,
+    /// Wire bytes (frame headers included) of this run's deliveries, and how many
+    /// of them came compressed.
+    pub wire_bytes: u64,
+    pub compressed: u64,
     pub step_distinct: Vec<u64>,
     /// Nanoseconds since the clock's base of the latest first receipt.
     pub last_receive_ns: u64,
@@ -176,6 +180,8 @@ impl Acc {
             (&mut self.pongs, &c.pongs),
             (&mut self.pings, &c.pings),
             (&mut self.typing_sent, &c.typing_sent),
+            (&mut self.wire_bytes, &c.wire_bytes),
+            (&mut self.compressed, &c.compressed),
         ] {
             if *n > 0 {
                 a.fetch_add(*n, Relaxed);

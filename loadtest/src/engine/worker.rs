@@ -63,6 +63,14 @@ pub(super) struct Worker {
     pub acc: Acc,
     /// Where outgoing frames are built.
     pub out: Vec<u8>,
+    /// The thread's one decompressor (permessage-deflate without context
+    /// takeover: reset per message) and where it inflates to.
+    pub inflater: flate2::Decompress,
+    pub inflated: Vec<u8>,
+    /// The wire size of the frame being handled, and whether its message was
+    /// compressed (for the per-delivery byte count).
+    pub wire: usize,
+    pub compressed: bool,
 }
 
 /// The thread's body.
@@ -93,6 +101,10 @@ pub(super) fn run(env: Arc<Env>, poll: Poll, ids: Vec<usize>, max_inflight: usiz
         scratch: vec![0; env.read_buffer],
         acc: Acc::default(),
         out: Vec::with_capacity(4096),
+        inflater: flate2::Decompress::new(false),
+        inflated: Vec::new(),
+        wire: 0,
+        compressed: false,
     };
     for idx in 0..w.conns.len() {
         w.begin(idx);

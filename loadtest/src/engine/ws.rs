@@ -1,7 +1,11 @@
 //! The client side of RFC 6455, as small as the load test needs: the upgrade
 //! request and the check of its answer (status 101 and `Sec-WebSocket-Accept`),
 //! server frames parsed in place from a read buffer (no allocation per frame), and
-//! masked client frames appended to an output buffer.
+//! masked client frames appended to an output buffer. With `--compression` the
+//! upgrade offers permessage-deflate (RFC 7692) and compressed server messages are
+//! inflated with one decompressor per thread, reset per message (the gateway
+//! compresses without context takeover, SPEC §3), so a connection holds no
+//! compression state.
 
 use base64::Engine as _;
 
@@ -33,8 +37,13 @@ pub fn accept_for(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.digest().bytes())
 }
 
-/// The upgrade request for `path` on `host` (the Host header, with its port).
-pub fn upgrade_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
+/// The extension offered with `--compression`.
+const DEFLATE_OFFER: &[u8] =
+    b"\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// The upgrade request for `path` on `host` (the Host header, with its port);
+/// `deflate` offers permessage-deflate.
+pub fn upgrade_request(host: &str, path: &str, key: &str, deflate: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
@@ -43,6 +52,9 @@ pub fn upgrade_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
         b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ",
     );
     out.extend_from_slice(key.as_bytes());
+    if deflate {
+        out.extend_from_slice(DEFLATE_OFFER);
+    }
     out.extend_from_slice(b"\r\n\r\n");
 }
 
@@ -51,8 +63,9 @@ pub fn upgrade_request(host: &str, path: &str, key: &str, out: &mut Vec<u8>) {
 pub enum Upgrade {
     /// The head is not complete yet.
     Partial,
-    /// Upgraded; the frames start at this offset.
-    Done(usize),
+    /// Upgraded; the frames start at this offset; whether the server accepted
+    /// permessage-deflate.
+    Done(usize, bool),
     /// Refused or malformed, with the reason.
     Refused(String),
 }
@@ -72,14 +85,24 @@ pub fn parse_upgrade(buf: &[u8], key_accept: &str) -> Upgrade {
     if code != "101" {
         return Upgrade::Refused(format!("WebSocket upgrade: HTTP {}", status.trim()));
     }
-    let accept = lines.find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("sec-websocket-accept")
-            .then(|| v.trim().to_owned())
-    });
+    let (mut accept, mut deflate) = (None, false);
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let k = k.trim();
+        if k.eq_ignore_ascii_case("sec-websocket-accept") {
+            accept = Some(v.trim().to_owned());
+        } else if k.eq_ignore_ascii_case("sec-websocket-extensions") {
+            deflate |= v.split(',').any(|e| {
+                e.split(';')
+                    .next()
+                    .is_some_and(|n| n.trim().eq_ignore_ascii_case("permessage-deflate"))
+            });
+        }
+    }
     match accept {
-        Some(a) if a == key_accept => Upgrade::Done(end + 4),
+        Some(a) if a == key_accept => Upgrade::Done(end + 4, deflate),
         Some(_) => Upgrade::Refused("WebSocket upgrade: wrong Sec-WebSocket-Accept".into()),
         None => Upgrade::Refused("WebSocket upgrade: no Sec-WebSocket-Accept".into()),
     }
@@ -89,7 +112,11 @@ pub fn parse_upgrade(buf: &[u8], key_accept: &str) -> Upgrade {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate), on its first frame.
+    pub compressed: bool,
     pub opcode: u8,
+    /// Where the frame (its header) starts in the buffer.
+    pub head: usize,
     /// The payload's range in the buffer.
     pub start: usize,
     pub end: usize,
@@ -105,16 +132,18 @@ pub enum Parsed {
     Error(&'static str),
 }
 
-/// Parse the frame that starts at `buf[at..]`.
+/// Parse the frame that starts at `buf[at..]`; RSV1 is allowed when
+/// permessage-deflate was negotiated (`deflate`).
 #[inline]
-pub fn parse_frame(buf: &[u8], at: usize) -> Parsed {
+pub fn parse_frame(buf: &[u8], at: usize, deflate: bool) -> Parsed {
     let b = &buf[at..];
     if b.len() < 2 {
         return Parsed::Need(at + 2);
     }
     let (b0, b1) = (b[0], b[1]);
-    if b0 & 0x70 != 0 {
-        return Parsed::Error("reserved bits set (no extension was negotiated)");
+    let reserved = if deflate { 0x30 } else { 0x70 };
+    if b0 & reserved != 0 {
+        return Parsed::Error("reserved bits set (no extension was negotiated for them)");
     }
     if b1 & 0x80 != 0 {
         return Parsed::Error("masked server frame");
@@ -150,7 +179,9 @@ pub fn parse_frame(buf: &[u8], at: usize) -> Parsed {
     }
     Parsed::Frame(Frame {
         fin: b0 & 0x80 != 0,
+        compressed: b0 & 0x40 != 0,
         opcode: b0 & 0x0f,
+        head: at,
         start,
         end,
     })
@@ -172,6 +203,42 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     let mask = fastrand::u32(..).to_ne_bytes();
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
+/// Inflate one compressed message (RFC 7692 §7.2.2: the sender removed the
+/// final empty block's `00 00 ff ff`) into `out`, at most `MAX_FRAME` bytes; the
+/// decompressor is reset first (no context takeover).
+pub fn inflate(
+    z: &mut flate2::Decompress,
+    msg: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    z.reset(false);
+    out.clear();
+    for part in [msg, &[0, 0, 0xff, 0xff][..]] {
+        let mut input = part;
+        loop {
+            if out.capacity() - out.len() < 4096 {
+                out.reserve(16 * 1024);
+            }
+            let (in0, out0) = (z.total_in(), z.total_out());
+            let status = z
+                .decompress_vec(input, out, flate2::FlushDecompress::Sync)
+                .map_err(|_| "a compressed message does not inflate")?;
+            input = &input[(z.total_in() - in0) as usize..];
+            if out.len() > MAX_FRAME {
+                return Err("an inflated message over 1 MiB");
+            }
+            let stuck = z.total_in() == in0 && z.total_out() == out0;
+            if status == flate2::Status::StreamEnd || stuck {
+                break;
+            }
+            if input.is_empty() && out.capacity() > out.len() {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A close frame's payload: the code and the UTF-8 reason.
@@ -218,7 +285,7 @@ mod tests {
         .into_bytes();
         let n = ok.len();
         ok.extend_from_slice(&[0x81, 0x00]);
-        assert_eq!(parse_upgrade(&ok, &acc), Upgrade::Done(n));
+        assert_eq!(parse_upgrade(&ok, &acc), Upgrade::Done(n, false));
         assert_eq!(parse_upgrade(&ok[..20], &acc), Upgrade::Partial);
         let bad = "HTTP/1.1 429 Too Many Requests\r\n\r\n";
         assert!(
@@ -237,7 +304,7 @@ mod tests {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut buf = b"xx".to_vec();
             buf.extend(server_frame(OP_TEXT, true, &payload));
-            let Parsed::Frame(f) = parse_frame(&buf, 2) else {
+            let Parsed::Frame(f) = parse_frame(&buf, 2, false) else {
                 panic!("len {len}: no frame");
             };
             assert_eq!(&buf[f.start..f.end], &payload[..]);
@@ -246,12 +313,53 @@ mod tests {
             // Every strict prefix asks for more, never yields a frame.
             for cut in [3, buf.len() - 1] {
                 if cut < buf.len() {
-                    assert!(matches!(parse_frame(&buf[..cut], 2), Parsed::Need(n) if n > cut));
+                    assert!(
+                        matches!(parse_frame(&buf[..cut], 2, false), Parsed::Need(n) if n > cut)
+                    );
                 }
             }
         }
         let masked = [0x81u8, 0x80, 0, 0, 0, 0];
-        assert!(matches!(parse_frame(&masked, 0), Parsed::Error(_)));
+        assert!(matches!(parse_frame(&masked, 0, false), Parsed::Error(_)));
+    }
+
+    #[test]
+    fn compressed_messages_only_when_negotiated_and_inflated() {
+        let text = br#"{"type":"EVENT","payload":{"body":"hello hello hello hello"}}"#;
+        // What the server sends: raw deflate, sync-flushed, the 00 00 ff ff removed.
+        let mut z = flate2::Compress::new(flate2::Compression::fast(), false);
+        let mut c = Vec::with_capacity(256);
+        z.compress_vec(text, &mut c, flate2::FlushCompress::Sync)
+            .expect("deflate");
+        assert!(c.ends_with(&[0, 0, 0xff, 0xff]));
+        c.truncate(c.len() - 4);
+        let mut frame = server_frame(OP_TEXT, true, &c);
+        frame[0] |= 0x40;
+        assert!(matches!(parse_frame(&frame, 0, false), Parsed::Error(_)));
+        let Parsed::Frame(f) = parse_frame(&frame, 0, true) else {
+            panic!("no frame");
+        };
+        assert!(f.compressed && f.fin && f.head == 0);
+        let mut d = flate2::Decompress::new(false);
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            // The same decompressor serves every message: reset each time.
+            inflate(&mut d, &frame[f.start..f.end], &mut out).expect("inflates");
+            assert_eq!(out, text);
+        }
+        assert!(inflate(&mut d, &[0xff; 40], &mut out).is_err());
+        // The upgrade answer says whether the server took the offer.
+        let acc = accept_for("k");
+        let ok = format!(
+            "HTTP/1.1 101 OK\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\nSec-WebSocket-Accept: {acc}\r\n\r\n"
+        );
+        assert_eq!(
+            parse_upgrade(ok.as_bytes(), &acc),
+            Upgrade::Done(ok.len(), true)
+        );
+        let mut req = Vec::new();
+        upgrade_request("h:1", "/api/v1/ws", "k", true, &mut req);
+        assert!(String::from_utf8_lossy(&req).contains("permessage-deflate"));
     }
 
     #[test]

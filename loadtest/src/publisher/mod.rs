@@ -6,7 +6,9 @@
 //! admin route, one keep-alive POST after another).
 //!
 //! Each event: `{"type":"lt.event","payload":{"lt":{"run":R,"seq":S,"ch":C,"k":K,
-//! "s":STEP,"t":INTENDED_UNIX_NS},"pad":"…"}}`, padded to `event_bytes`. `seq` is
+//! "s":STEP,"t":INTENDED_UNIX_NS},"pad":"…"}}`, padded to `event_bytes` with chat-like
+//! words (a different sentence per event, so that permessage-deflate meets text
+//! as compressible as a real message, not a run of one letter). `seq` is
 //! global, `k` counts the events of channel `C`. With `--routing roots` the body
 //! is `{"channel":CH,"type":"lt.event","payload":…}` on `SPUBLISH xcord:{ROOT}`
 //! (SPEC §9). The test hooks (`--drop-event`, `--drop-every`) skip chosen events
@@ -219,7 +221,7 @@ impl Publisher {
         out.push_str(&lt);
         if self.event_bytes > with_pad {
             out.push_str(r#","pad":""#);
-            out.extend(std::iter::repeat_n('x', self.event_bytes - with_pad));
+            chat_words(seq, self.event_bytes - with_pad, &mut out);
             out.push('"');
         }
         out.push('}');
@@ -346,6 +348,35 @@ impl Publisher {
         let ok = batch.len() as u64 - failed;
         r.published += ok;
         self.counters.published.fetch_add(ok, Relaxed);
+    }
+}
+
+/// Words of chat messages, for the padding.
+const WORDS: &[&str] = &[
+    "the", "a", "to", "and", "you", "i", "it", "is", "that", "for", "on", "in", "we", "this",
+    "lol", "ok", "yes", "no", "what", "just", "now", "game", "tonight", "raid", "server", "anyone",
+    "online", "brb", "gg", "thanks", "meeting", "later", "push", "build", "fixed", "patch",
+    "deploy", "channel", "voice", "join", "here", "can", "someone", "check", "link", "stream",
+    "starting", "soon", "who", "wants", "play", "ranked", "again", "nice", "clip", "haha", "wait",
+    "really", "sure", "maybe", "tomorrow", "morning", "night", "update",
+];
+
+/// Append exactly `len` bytes of words (chosen by `seq`, so each event differs).
+fn chat_words(seq: u64, len: usize, out: &mut String) {
+    let end = out.len() + len;
+    let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while out.len() < end {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let w = WORDS[(x % WORDS.len() as u64) as usize];
+        let room = end - out.len();
+        if w.len() < room {
+            out.push_str(w);
+            out.push(' ');
+        } else {
+            out.extend(std::iter::repeat_n('.', room));
+        }
     }
 }
 

@@ -408,6 +408,7 @@ fn config(o: &Options, plan: &Plan, mean_fanout: f64) -> result::Config {
         seed: o.seed,
         source_addrs: sc.effective_source_addrs(),
         client_threads: o.client_threads,
+        compression: o.compression,
         scenario: sc.clone(),
     }
 }
@@ -486,6 +487,12 @@ fn deliveries(
         other_events_during_measure: g.other_during,
         still_arriving_at_end: t.still_arriving,
         settle_s: g.settle_s,
+        wire_bytes: c(&counters.wire_bytes),
+        wire_bytes_per_delivery: result::per_delivery(
+            c(&counters.wire_bytes),
+            c(&counters.received),
+        ),
+        compressed: c(&counters.compressed),
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Options {
     pub read_buffer: usize,
     /// How long an engine thread sleeps outside epoll between busy turns.
     pub coalesce: Duration,
+    /// Offer permessage-deflate.
+    pub compression: bool,
     /// This process's slice of the plan, and what it does in a fleet.
     pub shard: Shard,
     pub role: Role,
@@ -267,6 +269,7 @@ fn env(
         }),
         read_buffer: o.read_buffer,
         coalesce: o.coalesce,
+        compression: o.compression,
         source_addrs: o.source_addrs.clone(),
         connect_timeout: Duration::from_secs_f64(sc.connect_timeout_s),
         connect_retries: sc.connect_retries,
