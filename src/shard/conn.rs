@@ -268,7 +268,10 @@ impl Conn {
             }
         }
         match shard.latency.try_borrow_mut() {
-            Ok(mut latency) => self.flush_direct(&mut latency),
+            Ok(mut latency) => {
+                self.flush_direct(&mut latency);
+                latency.settle();
+            }
             Err(_) => self.wake_writer(),
         }
         // A reply is rare: an idle connection keeps no buffer for it.

@@ -104,5 +104,6 @@ pub fn flush(shard: &Shard) {
             c.flush_direct(&mut latency);
         }
     }
+    latency.settle();
     dirty.clear();
 }

@@ -130,9 +130,9 @@ impl Outbound {
         if n >= 0 && n as usize == buf.len() {
             buf.clear();
             if let Some(t) = self.pending_since.take() {
-                // The clock is read after the write: a broadcast's last socket is
-                // written long after its first.
-                latency.record(t.elapsed());
+                // Charged after the write (a broadcast's last socket is written
+                // long after its first), one clock read per batch of writes.
+                latency.written(t);
             }
             return Direct::Done;
         }
