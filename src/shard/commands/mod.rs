@@ -138,10 +138,16 @@ fn set_presence(shard: &Shard, conn: &Conn, status: &str) {
     }
 }
 
+/// Whether a ready connection has per-tick work: typing that ran out, a token
+/// that expired (`now_ms`: Unix milliseconds). Reads only; no clock.
+pub fn tick_due(shard: &Shard, conn: &Conn, now: Instant, now_ms: u64) -> bool {
+    typing::due(conn, now) || refresh::token_expired(shard, conn, now_ms)
+}
+
 /// Per-tick work on a ready connection: typing that ran out, a token that expired.
-pub fn on_tick(shard: &Shard, conn: &Conn, now: Instant) {
+pub fn on_tick(shard: &Shard, conn: &Conn, now: Instant, now_ms: u64) {
     typing::expire(shard, conn, now);
-    if refresh::token_expired(shard, conn) {
+    if refresh::token_expired(shard, conn, now_ms) {
         conn.begin_close(codes::AUTH_FAILED, true);
     }
 }

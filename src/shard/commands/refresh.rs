@@ -3,7 +3,6 @@
 //! `--token-grace-seconds` passes without a refresh is closed 4004 by the sweep.
 
 use std::rc::Rc;
-use xcord_common::clock::unix_millis;
 
 use crate::protocol::codes;
 use crate::protocol::messages as msg;
@@ -28,9 +27,10 @@ pub fn refresh(shard: &Rc<Shard>, conn: &Rc<Conn>, token: &str) {
     }
 }
 
-/// Whether the session's token passed `exp` + `--token-grace-seconds` (compared in
-/// milliseconds: "once it has passed", not up to a second later).
-pub fn token_expired(shard: &Shard, conn: &Conn) -> bool {
+/// Whether the session's token passed `exp` + `--token-grace-seconds` at
+/// `now_ms` (Unix milliseconds, read once per sweep: "once it has passed", not
+/// up to a second later).
+pub fn token_expired(shard: &Shard, conn: &Conn, now_ms: u64) -> bool {
     let s = conn.session.borrow();
     let Some(session) = s.as_ref() else {
         return false;
@@ -41,5 +41,5 @@ pub fn token_expired(shard: &Shard, conn: &Conn) -> bool {
         .exp
         .saturating_add(grace)
         .saturating_mul(1000);
-    unix_millis() > deadline
+    now_ms > deadline
 }

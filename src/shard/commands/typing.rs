@@ -80,6 +80,14 @@ pub async fn typing(shard: &Rc<Shard>, conn: &Rc<Conn>, channel_id: String, star
     publish(shard, &user, &channel_id, start);
 }
 
+/// Whether a typing indicator of `conn` ran out.
+pub fn due(conn: &Conn, now: Instant) -> bool {
+    conn.session
+        .borrow()
+        .as_ref()
+        .is_some_and(|s| s.typing.iter().any(|(_, until)| *until <= now))
+}
+
 /// End the typing indicators of `conn` that ran out (with an `isTyping: false`).
 pub fn expire(shard: &Shard, conn: &Conn, now: Instant) {
     let mut stopped: Vec<String> = Vec::new();
