@@ -33,6 +33,8 @@ pub(super) struct Worker {
     store: Option<Store>,
     /// This node's new counts, one per user, to write in the next batch.
     pending: Vec<SyncOp>,
+    /// Where each user's op is in `pending` (a connect storm queues thousands).
+    pending_at: HashMap<String, usize>,
     /// Session starts to acknowledge once `pending` is written.
     dones: Vec<futures_channel::oneshot::Sender<()>>,
     local: HashMap<String, Local>,
@@ -47,6 +49,7 @@ impl Worker {
             s,
             store,
             pending: Vec::new(),
+            pending_at: HashMap::new(),
             dones: Vec::new(),
             local: HashMap::new(),
             bus,
@@ -165,6 +168,7 @@ impl Worker {
         }
         // What was queued is part of the view just written.
         self.pending.clear();
+        self.pending_at.clear();
         self.publish(out);
         Ok(())
     }
@@ -175,16 +179,23 @@ impl Worker {
             Some(l) => (l.sessions, l.servers.clone()),
             None => (0, Vec::new()),
         };
-        match self.pending.iter_mut().find(|o| o.user == user) {
+        match self
+            .pending_at
+            .get(user)
+            .and_then(|&i| self.pending.get_mut(i))
+        {
             Some(o) => {
                 o.count = count;
                 o.servers = servers;
             }
-            None => self.pending.push(SyncOp {
-                user: user.to_owned(),
-                count,
-                servers,
-            }),
+            None => {
+                self.pending_at.insert(user.to_owned(), self.pending.len());
+                self.pending.push(SyncOp {
+                    user: user.to_owned(),
+                    count,
+                    servers,
+                });
+            }
         }
     }
 
@@ -297,6 +308,7 @@ impl Worker {
             return;
         }
         let ops = std::mem::take(&mut self.pending);
+        self.pending_at.clear();
         let Some(store) = self.store() else { return };
         match store.sync(&ops) {
             Ok(out) => self.publish(out),
