@@ -69,6 +69,14 @@ pub enum RouteOp {
     /// A session whose connection ended uncleanly: keep it for the resume window.
     /// Queued before the shard's own `Remove`s, so its channels never stop being recorded.
     Park(Box<Detached>),
+    /// A shard is done with a RESUME's grant: it took the session (`parked: None`),
+    /// or nobody could and the session goes back to the resume window (`Some`).
+    /// Until then the session is lent, and a second RESUME of it waits here for
+    /// the outcome instead of being told INVALID_SESSION while it is in flight.
+    Settle {
+        session_id: String,
+        parked: Option<Box<Detached>>,
+    },
     /// RESUME: answer with a [`Grant`] in `shard`'s inbox.
     Resume {
         session_id: String,
@@ -156,10 +164,14 @@ impl Bus {
 
     /// Queue a route operation (add, remove, park, resume, await). The bus thread
     /// applies every queued change before it routes the next event, so only an
-    /// operation someone waits on (a RESUME, a root to confirm) wakes it: a connect
+    /// operation someone may wait on (a RESUME, its settling, a root to confirm)
+    /// wakes it: a connect
     /// storm's routes cost no wake-up each.
     pub fn route_op(&self, op: RouteOp) {
-        let wake = matches!(op, RouteOp::Resume { .. } | RouteOp::Await { .. });
+        let wake = matches!(
+            op,
+            RouteOp::Resume { .. } | RouteOp::Await { .. } | RouteOp::Settle { .. }
+        );
         let _ = self.routes.send(op);
         if wake {
             if let Some(w) = &self.waker {

@@ -53,6 +53,9 @@ pub struct Router {
     parked: Parked,
     /// Routes held by grants, by name and shard (empty but while a RESUME is in flight).
     pending: HashMap<Box<str>, Vec<(u8, Pending)>>,
+    /// Sessions granted to a shard that has not settled the grant yet, each with
+    /// the RESUMEs of it that arrived meanwhile (answered once it settles).
+    lent: HashMap<String, Vec<RouteOp>>,
     limits: RouterLimits,
     /// Told when a parked session's window ends unresumed (presence may go offline).
     session_ended: SessionEnded,
@@ -80,6 +83,7 @@ impl Router {
             ring: Ring::new(limits.ring_bytes),
             parked: Parked::new(limits.max_sessions),
             pending: HashMap::new(),
+            lent: HashMap::new(),
             limits,
             session_ended,
             interest,
@@ -129,6 +133,13 @@ impl Router {
     }
 
     pub fn apply(&mut self, op: RouteOp) {
+        if let RouteOp::Resume { session_id, .. } = &op {
+            if let Some(waiting) = self.lent.get_mut(session_id.as_str()) {
+                // In flight to another connection: answered once it settles.
+                waiting.push(op);
+                return;
+            }
+        }
         match op {
             RouteOp::Add { shard, name } => match self.pending_mut(&name, shard) {
                 Some(p) => p.shard_holds = true,
@@ -140,13 +151,16 @@ impl Router {
             },
             RouteOp::Release { shard, name } => self.release_grant(&name, shard),
             RouteOp::Await { root, reply } => self.interest.wait(&root, reply),
-            RouteOp::Park(d) => {
-                let parking = self.parked.park(*d);
-                for n in parking.first {
-                    self.add_route(&n, PARKED);
+            RouteOp::Park(d) => self.park(d),
+            RouteOp::Settle { session_id, parked } => {
+                let waiting = self.lent.remove(&session_id).unwrap_or_default();
+                if let Some(d) = parked {
+                    self.park(d);
                 }
-                for d in parking.dropped {
-                    self.end_parked(d);
+                // Taken: they are told INVALID_SESSION; parked again: the first
+                // may take it (and the rest wait on it again).
+                for op in waiting {
+                    self.apply(op);
                 }
             }
             RouteOp::Resume {
@@ -158,6 +172,9 @@ impl Router {
                 conn_id,
             } => {
                 let outcome = self.resume(&session_id, &user, seq, shard);
+                if outcome.is_some() {
+                    self.lent.insert(session_id, Vec::new());
+                }
                 if let Some(inbox) = self.inboxes.get(shard as usize) {
                     inbox.push_grant(Box::new(Grant {
                         conn_key,
@@ -166,6 +183,16 @@ impl Router {
                     }));
                 }
             }
+        }
+    }
+
+    fn park(&mut self, d: Box<Detached>) {
+        let parking = self.parked.park(*d);
+        for n in parking.first {
+            self.add_route(&n, PARKED);
+        }
+        for d in parking.dropped {
+            self.end_parked(d);
         }
     }
 
@@ -394,6 +421,61 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The grants in an inbox: (conn_id, granted).
+    fn grants(inbox: &Inbox) -> Vec<(u64, bool)> {
+        let mut out = Vec::new();
+        while let Some(item) = inbox.pop() {
+            if let Item::Grant(g) = item {
+                out.push((g.conn_id, g.outcome.is_some()));
+            }
+        }
+        out
+    }
+
+    fn resume_op(session: &str, user: &str, conn_id: u64) -> RouteOp {
+        RouteOp::Resume {
+            session_id: session.into(),
+            user: user.into(),
+            seq: 0,
+            shard: 0,
+            conn_key: conn_id as u32,
+            conn_id,
+        }
+    }
+
+    /// A RESUME that reaches the bus while the session is granted to a connection
+    /// that may yet give it back waits for the outcome: it was answered
+    /// INVALID_SESSION (CI saw it when a client's first RESUME was cut short).
+    #[test]
+    fn a_resume_of_a_session_in_flight_waits_for_it_to_settle() {
+        let mut f = fixture(1, 1 << 20, 100);
+        f.router
+            .apply(RouteOp::Park(parked("s1", "u", &["live:a"])));
+        f.router.apply(resume_op("s1", "u", 1));
+        assert_eq!(grants(&f.inboxes[0]), vec![(1, true)]);
+        f.router.apply(resume_op("s1", "u", 2));
+        assert!(grants(&f.inboxes[0]).is_empty(), "waits while lent");
+        // Connection 1 closed before the grant: given back, and 2 takes it.
+        let back = parked("s1", "u", &["live:a"]);
+        f.router.apply(RouteOp::Settle {
+            session_id: "s1".into(),
+            parked: Some(back),
+        });
+        assert_eq!(grants(&f.inboxes[0]), vec![(2, true)]);
+        // A third waits; connection 2 keeps it: the third is refused.
+        f.router.apply(resume_op("s1", "u", 3));
+        assert!(grants(&f.inboxes[0]).is_empty());
+        f.router.apply(RouteOp::Settle {
+            session_id: "s1".into(),
+            parked: None,
+        });
+        assert_eq!(grants(&f.inboxes[0]), vec![(3, false)]);
+        assert!(f.router.lent.is_empty());
+        // Refused outright when nothing is lent or parked.
+        f.router.apply(resume_op("s1", "u", 4));
+        assert_eq!(grants(&f.inboxes[0]), vec![(4, false)]);
     }
 
     fn add(f: &mut Fixture, shard: u8, name: &str) {

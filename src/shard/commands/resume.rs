@@ -44,15 +44,18 @@ pub async fn resume(
 
 /// Nobody takes the session the grant carries now: give back the routes the grant
 /// held. A session whose new connection closed before the grant arrived is parked
-/// again, so the client may RESUME once more; one a HELLO superseded ends.
+/// again, so the client may RESUME once more (a RESUME that reached the bus while
+/// the grant was in flight waits for this, not INVALID_SESSION); one a HELLO
+/// superseded ends.
 fn give_up(shard: &Shard, r: Resumed, park_again: bool) {
     let d = r.session;
     let names: Vec<String> = d.names().map(str::to_owned).collect();
     let user = d.claims.sub.clone();
-    if park_again {
-        // Queued before the releases: the names never stop being recorded.
-        shard.ctx.bus.route_op(RouteOp::Park(Box::new(d)));
-    }
+    // Queued before the releases: the names never stop being recorded.
+    shard.ctx.bus.route_op(RouteOp::Settle {
+        session_id: d.session_id.clone(),
+        parked: park_again.then(|| Box::new(d)),
+    });
     for n in &names {
         shard.ctx.bus.release_route(shard.id, n);
     }
@@ -89,6 +92,12 @@ pub fn apply_grant(shard: &Rc<Shard>, g: Grant) {
     }
     let key = conn.key.get();
     let d = r.session;
+    // Taken: a RESUME of it waiting at the bus is told INVALID_SESSION. Queued
+    // before any Park of this connection's close, so the session is never lent twice.
+    shard.ctx.bus.route_op(RouteOp::Settle {
+        session_id: d.session_id.clone(),
+        parked: None,
+    });
     shard.subscribe(&d.auto_sub, key);
     for (n, _) in &d.subs {
         shard.subscribe(n, key);
