@@ -165,8 +165,7 @@ impl Bus {
     /// Queue a route operation (add, remove, park, resume, await). The bus thread
     /// applies every queued change before it routes the next event, so only an
     /// operation someone may wait on (a RESUME, its settling, a root to confirm)
-    /// wakes it: a connect
-    /// storm's routes cost no wake-up each.
+    /// wakes it: a connect storm's routes cost no wake-up each.
     pub fn route_op(&self, op: RouteOp) {
         let wake = matches!(
             op,
